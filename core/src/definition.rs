@@ -1,0 +1,908 @@
+//! An event trigger's definition: parsing the arguments of
+//! `create_event_trigger` (Hasura's v1 and v2 keys), validating every rule of
+//! the contract, and the normalized form that is stored and returned.
+//!
+//! Nothing here touches PostgreSQL. Whether the table and its columns exist
+//! is checked by the glue; environment variables are looked up through the
+//! closure the caller passes, so tests can supply their own.
+
+use serde_json::{json, Map, Value};
+
+use crate::env_template;
+use crate::error::{ApiError, ApiResult, SqlState};
+
+/// Hasura's limit on trigger names, kept so definitions stay portable.
+pub const MAX_NAME_LEN: usize = 42;
+
+/// Headers pg_webhooks sets itself or that would break the HTTP framing.
+const RESERVED_HEADERS: &[&str] =
+    &["content-length", "transfer-encoding", "host", "connection", "webhook-id", "webhook-timestamp"];
+
+/// Keys of Hasura's event trigger API that pg_webhooks does not implement.
+const UNSUPPORTED_KEYS: &[&str] =
+    &["request_transform", "response_transform", "cleanup_config", "trigger_on_replication"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub schema: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Columns {
+    All,
+    List(Vec<String>),
+}
+
+impl Columns {
+    pub fn names(&self) -> &[String] {
+        match self {
+            Columns::All => &[],
+            Columns::List(v) => v,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Columns::All => json!("*"),
+            Columns::List(v) => json!(v),
+        }
+    }
+}
+
+/// What one operation (insert, update or delete) captures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpSpec {
+    /// For UPDATE: the event is written only if one of these changed value.
+    pub columns: Columns,
+    /// The columns that appear in `old` and `new`.
+    pub payload: Columns,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Webhook {
+    /// A URL, possibly with `{{ENV_VAR}}` parts.
+    Url(String),
+    /// The name of an environment variable that holds the URL.
+    FromEnv(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    Value(String),
+    FromEnv(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: HeaderValue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryConf {
+    pub num_retries: i32,
+    pub interval_sec: i32,
+    pub timeout_sec: i32,
+}
+
+impl Default for RetryConf {
+    fn default() -> Self {
+        RetryConf { num_retries: 0, interval_sec: 10, timeout_sec: 60 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    pub name: String,
+    pub table: TableRef,
+    pub webhook: Webhook,
+    pub insert: Option<OpSpec>,
+    pub update: Option<OpSpec>,
+    pub delete: Option<OpSpec>,
+    pub headers: Vec<Header>,
+    pub retry_conf: RetryConf,
+    pub enable_manual: bool,
+}
+
+/// The parsed arguments of `create_event_trigger`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateArgs {
+    pub definition: Definition,
+    pub replace: bool,
+}
+
+/// Looks up an environment variable of the server.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Definition {
+    /// The normalized definition: every default filled in, keys in a fixed
+    /// order. This is what `create_event_trigger` returns and stores.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("name".into(), json!(self.name));
+        m.insert("table".into(), json!({"schema": self.table.schema, "name": self.table.name}));
+        match &self.webhook {
+            Webhook::Url(u) => m.insert("webhook".into(), json!(u)),
+            Webhook::FromEnv(e) => m.insert("webhook_from_env".into(), json!(e)),
+        };
+        for (key, op) in [("insert", &self.insert), ("update", &self.update), ("delete", &self.delete)] {
+            if let Some(op) = op {
+                m.insert(key.into(), json!({"columns": op.columns.to_json(), "payload": op.payload.to_json()}));
+            }
+        }
+        let headers: Vec<Value> = self
+            .headers
+            .iter()
+            .map(|h| match &h.value {
+                HeaderValue::Value(v) => json!({"name": h.name, "value": v}),
+                HeaderValue::FromEnv(e) => json!({"name": h.name, "value_from_env": e}),
+            })
+            .collect();
+        m.insert("headers".into(), Value::Array(headers));
+        m.insert(
+            "retry_conf".into(),
+            json!({
+                "num_retries": self.retry_conf.num_retries,
+                "interval_sec": self.retry_conf.interval_sec,
+                "timeout_sec": self.retry_conf.timeout_sec,
+            }),
+        );
+        m.insert("enable_manual".into(), json!(self.enable_manual));
+        Value::Object(m)
+    }
+
+    /// Reads back a stored definition. It was validated when stored, so the
+    /// environment is not consulted again.
+    pub fn from_stored(v: &Value) -> ApiResult<Definition> {
+        parse_definition(v, &|_| Some("http://stored.invalid/".into()), false).map(|a| a.definition)
+    }
+
+    /// Every column named in a `columns` or `payload` list, each once, in the
+    /// order of first mention.
+    pub fn listed_columns(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for op in [&self.insert, &self.update, &self.delete].into_iter().flatten() {
+            for c in op.columns.names().iter().chain(op.payload.names()) {
+                if !out.contains(c) {
+                    out.push(c.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether any row operation is captured (otherwise the trigger is for
+    /// manual invocation only).
+    pub fn captures_rows(&self) -> bool {
+        self.insert.is_some() || self.update.is_some() || self.delete.is_some()
+    }
+}
+
+/// Parses and validates the arguments of `create_event_trigger`.
+pub fn parse_create_args(v: &Value, env: EnvLookup) -> ApiResult<CreateArgs> {
+    parse_definition(v, env, true)
+}
+
+fn parse_definition(v: &Value, env: EnvLookup, check_env: bool) -> ApiResult<CreateArgs> {
+    let obj = v.as_object().ok_or_else(|| {
+        ApiError::invalid(format!(
+            "create_event_trigger expects a JSON object of arguments, got {}",
+            describe(v)
+        ))
+        .with_hint(r#"Pass e.g. '{"name": "t", "table": "users", "webhook": "http://...", "insert": {"columns": "*"}}'::jsonb."#)
+    })?;
+
+    for key in obj.keys() {
+        if UNSUPPORTED_KEYS.contains(&key.as_str()) {
+            return Err(ApiError::new(
+                SqlState::FeatureNotSupported,
+                format!("key \"{key}\" of Hasura's event trigger API is not supported by pg_webhooks"),
+            )
+            .with_hint(format!("Remove \"{key}\" from the arguments.")));
+        }
+        const KNOWN: &[&str] = &[
+            "name", "table", "webhook", "webhook_from_env", "insert", "update", "delete", "headers",
+            "retry_conf", "replace", "enable_manual", "source",
+        ];
+        if !KNOWN.contains(&key.as_str()) {
+            return Err(unknown_key("", key, KNOWN));
+        }
+    }
+
+    let name = parse_name(obj.get("name"))?;
+    let table = parse_table(obj.get("table"))?;
+
+    let webhook = match (obj.get("webhook"), obj.get("webhook_from_env")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid("keys \"webhook\" and \"webhook_from_env\" exclude each other")
+                .with_hint("Give exactly one of them."))
+        }
+        (None, None) | (Some(Value::Null), None) | (None, Some(Value::Null)) => {
+            return Err(ApiError::invalid("one of the keys \"webhook\" or \"webhook_from_env\" is required")
+                .with_hint("Give the URL in \"webhook\", or the name of an environment variable holding it in \"webhook_from_env\"."))
+        }
+        (Some(w), None) => {
+            let url = expect_str("webhook", w)?;
+            if check_env {
+                let resolved = env_template::render(url, env).map_err(|e| e.within("key \"webhook\""))?;
+                check_url("webhook", &resolved, url)?;
+            }
+            Webhook::Url(url.to_string())
+        }
+        (None, Some(e)) => {
+            let var = parse_env_name("webhook_from_env", e)?;
+            if check_env {
+                let value = env(&var).ok_or_else(|| missing_env("webhook_from_env", &var))?;
+                check_url("webhook_from_env", &value, &format!("the value of {var}"))?;
+            }
+            Webhook::FromEnv(var)
+        }
+    };
+
+    let insert = parse_op("insert", obj.get("insert"))?;
+    let update = parse_op("update", obj.get("update"))?;
+    let delete = parse_op("delete", obj.get("delete"))?;
+    let headers = parse_headers(obj.get("headers"), env, check_env)?;
+    let retry_conf = parse_retry_conf(obj.get("retry_conf"))?;
+    let replace = parse_bool("replace", obj.get("replace"), false)?;
+    let enable_manual = parse_bool("enable_manual", obj.get("enable_manual"), true)?;
+    parse_source(obj.get("source"))?;
+
+    if insert.is_none() && update.is_none() && delete.is_none() && !enable_manual {
+        return Err(ApiError::invalid(
+            "the event trigger captures nothing: none of \"insert\", \"update\", \"delete\" is given and \"enable_manual\" is false",
+        )
+        .with_hint("Add at least one operation, e.g. \"insert\": {\"columns\": \"*\"}, or set \"enable_manual\" to true."));
+    }
+
+    Ok(CreateArgs {
+        definition: Definition { name, table, webhook, insert, update, delete, headers, retry_conf, enable_manual },
+        replace,
+    })
+}
+
+/// Validates an event trigger name: `^[A-Za-z][A-Za-z0-9_-]*$`, at most 42
+/// characters.
+pub fn parse_name(v: Option<&Value>) -> ApiResult<String> {
+    let v = required("name", v)?;
+    let name = expect_str("name", v)?;
+    validate_name(name)?;
+    Ok(name.to_string())
+}
+
+pub fn validate_name(name: &str) -> ApiResult<()> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !first_ok || !rest_ok {
+        return Err(ApiError::invalid(format!("invalid value for key \"name\": {}", json!(name)))
+            .with_hint("A name starts with a letter and holds only letters, digits, \"_\" and \"-\"."));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(ApiError::invalid(format!(
+            "invalid value for key \"name\": {} is {} characters long, the limit is {MAX_NAME_LEN}",
+            json!(name),
+            name.len()
+        ))
+        .with_hint("Choose a shorter name."));
+    }
+    Ok(())
+}
+
+fn parse_table(v: Option<&Value>) -> ApiResult<TableRef> {
+    let v = required("table", v)?;
+    let (schema, name) = match v {
+        Value::String(s) => ("public".to_string(), s.clone()),
+        Value::Object(o) => {
+            for key in o.keys() {
+                if key != "schema" && key != "name" {
+                    return Err(unknown_key("table.", key, &["schema", "name"]));
+                }
+            }
+            let name = expect_str("table.name", required("table.name", o.get("name"))?)?.to_string();
+            let schema = match o.get("schema") {
+                None | Some(Value::Null) => "public".to_string(),
+                Some(s) => expect_str("table.schema", s)?.to_string(),
+            };
+            (schema, name)
+        }
+        other => {
+            return Err(ApiError::invalid(format!(
+                "invalid value for key \"table\": expected {{\"schema\": ..., \"name\": ...}} or a table name, got {}",
+                describe(other)
+            )))
+        }
+    };
+    for (key, value) in [("table.schema", &schema), ("table.name", &name)] {
+        if value.is_empty() || value.contains('\0') {
+            return Err(ApiError::invalid(format!("invalid value for key \"{key}\": {}", json!(value)))
+                .with_hint("Give the name of an existing table."));
+        }
+    }
+    Ok(TableRef { schema, name })
+}
+
+fn parse_op(key: &str, v: Option<&Value>) -> ApiResult<Option<OpSpec>> {
+    let v = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    let o = v.as_object().ok_or_else(|| {
+        ApiError::invalid(format!(
+            "invalid value for key \"{key}\": expected an object like {{\"columns\": \"*\"}}, got {}",
+            describe(v)
+        ))
+    })?;
+    for k in o.keys() {
+        if k != "columns" && k != "payload" {
+            return Err(unknown_key(&format!("{key}."), k, &["columns", "payload"]));
+        }
+    }
+    let columns_key = format!("{key}.columns");
+    let columns = parse_columns(&columns_key, required(&columns_key, o.get("columns"))?)?;
+    let payload = match o.get("payload") {
+        None | Some(Value::Null) => Columns::All,
+        Some(p) => parse_columns(&format!("{key}.payload"), p)?,
+    };
+    Ok(Some(OpSpec { columns, payload }))
+}
+
+fn parse_columns(key: &str, v: &Value) -> ApiResult<Columns> {
+    match v {
+        Value::String(s) if s == "*" => Ok(Columns::All),
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(ApiError::invalid(format!("invalid value for key \"{key}\": the column list is empty"))
+                    .with_hint("List at least one column, or give \"*\" for all columns."));
+            }
+            let mut names: Vec<String> = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let name = item.as_str().ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "invalid value for key \"{key}[{i}]\": expected a column name, got {}",
+                        describe(item)
+                    ))
+                })?;
+                if name.is_empty() || name.contains('\0') {
+                    return Err(ApiError::invalid(format!("invalid value for key \"{key}[{i}]\": {}", json!(name))));
+                }
+                if names.iter().any(|n| n == name) {
+                    return Err(ApiError::invalid(format!(
+                        "invalid value for key \"{key}\": column {} is listed twice",
+                        json!(name)
+                    )));
+                }
+                names.push(name.to_string());
+            }
+            Ok(Columns::List(names))
+        }
+        other => Err(ApiError::invalid(format!(
+            "invalid value for key \"{key}\": expected \"*\" or a list of column names, got {}",
+            describe(other)
+        ))),
+    }
+}
+
+fn parse_headers(v: Option<&Value>, env: EnvLookup, check_env: bool) -> ApiResult<Vec<Header>> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "invalid value for key \"headers\": expected a list of {{\"name\": ..., \"value\": ...}}, got {}",
+                describe(other)
+            )))
+        }
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("headers[{i}]");
+        let o = item.as_object().ok_or_else(|| {
+            ApiError::invalid(format!(
+                "invalid value for key \"{at}\": expected {{\"name\": ..., \"value\": ...}}, got {}",
+                describe(item)
+            ))
+        })?;
+        for k in o.keys() {
+            if !["name", "value", "value_from_env"].contains(&k.as_str()) {
+                return Err(unknown_key(&format!("{at}."), k, &["name", "value", "value_from_env"]));
+            }
+        }
+        let name_key = format!("{at}.name");
+        let name = expect_str(&name_key, required(&name_key, o.get("name"))?)?;
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(ApiError::invalid(format!("invalid value for key \"{name_key}\": {} is not a valid HTTP header name", json!(name)))
+                .with_hint("Header names are made of letters, digits and !#$%&'*+-.^_`|~, without spaces."));
+        }
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(ApiError::invalid(format!(
+                "invalid value for key \"{name_key}\": header {} is set by pg_webhooks itself",
+                json!(name)
+            ))
+            .with_hint("Remove this header from the definition."));
+        }
+        let value = match (o.get("value"), o.get("value_from_env")) {
+            (Some(v), None) => {
+                let key = format!("{at}.value");
+                let s = expect_str(&key, v)?;
+                check_header_value(&key, s)?;
+                HeaderValue::Value(s.to_string())
+            }
+            (None, Some(e)) => {
+                let key = format!("{at}.value_from_env");
+                let var = parse_env_name(&key, e)?;
+                if check_env {
+                    let val = env(&var).ok_or_else(|| missing_env(&key, &var))?;
+                    check_header_value(&format!("{key} (the value of {var})"), &val)?;
+                }
+                HeaderValue::FromEnv(var)
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(format!("keys \"{at}.value\" and \"{at}.value_from_env\" exclude each other")))
+            }
+            (None, None) => {
+                return Err(ApiError::invalid(format!("key \"{at}.value\" or \"{at}.value_from_env\" is required")))
+            }
+        };
+        out.push(Header { name: name.to_string(), value });
+    }
+    Ok(out)
+}
+
+fn check_header_value(key: &str, s: &str) -> ApiResult<()> {
+    if s.contains(['\r', '\n', '\0']) {
+        return Err(ApiError::invalid(format!(
+            "invalid value for key \"{key}\": a header value must not contain CR, LF or NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn parse_retry_conf(v: Option<&Value>) -> ApiResult<RetryConf> {
+    let o = match v {
+        None | Some(Value::Null) => return Ok(RetryConf::default()),
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "invalid value for key \"retry_conf\": expected an object like {{\"num_retries\": 3}}, got {}",
+                describe(other)
+            )))
+        }
+    };
+    const KEYS: &[&str] = &["num_retries", "interval_sec", "timeout_sec"];
+    for k in o.keys() {
+        if !KEYS.contains(&k.as_str()) {
+            return Err(unknown_key("retry_conf.", k, KEYS));
+        }
+    }
+    let d = RetryConf::default();
+    Ok(RetryConf {
+        num_retries: parse_int("retry_conf.num_retries", o.get("num_retries"), d.num_retries, 0)?,
+        interval_sec: parse_int("retry_conf.interval_sec", o.get("interval_sec"), d.interval_sec, 0)?,
+        timeout_sec: parse_int("retry_conf.timeout_sec", o.get("timeout_sec"), d.timeout_sec, 1)?,
+    })
+}
+
+fn parse_int(key: &str, v: Option<&Value>, default: i32, min: i32) -> ApiResult<i32> {
+    let v = match v {
+        None | Some(Value::Null) => return Ok(default),
+        Some(v) => v,
+    };
+    let n = v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e18).map(|f| f as i64));
+    match n {
+        Some(n) if n >= min as i64 && n <= i32::MAX as i64 => Ok(n as i32),
+        _ => Err(ApiError::invalid(format!(
+            "invalid value for key \"{key}\": expected an integer >= {min}, got {}",
+            describe(v)
+        ))),
+    }
+}
+
+fn parse_bool(key: &str, v: Option<&Value>, default: bool) -> ApiResult<bool> {
+    match v {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(ApiError::invalid(format!(
+            "invalid value for key \"{key}\": expected true or false, got {}",
+            describe(other)
+        ))),
+    }
+}
+
+/// `source` is accepted for Hasura compatibility; only `"default"` exists.
+pub fn parse_source(v: Option<&Value>) -> ApiResult<()> {
+    match v {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if s == "default" => Ok(()),
+        Some(other) => Err(ApiError::invalid(format!(
+            "invalid value for key \"source\": {}; pg_webhooks serves only the source \"default\"",
+            describe(other)
+        ))
+        .with_hint("Omit \"source\" or set it to \"default\".")),
+    }
+}
+
+fn parse_env_name(key: &str, v: &Value) -> ApiResult<String> {
+    let s = expect_str(key, v)?;
+    if !env_template::is_env_name(s) {
+        return Err(ApiError::invalid(format!(
+            "invalid value for key \"{key}\": {} is not an environment variable name",
+            json!(s)
+        )));
+    }
+    Ok(s.to_string())
+}
+
+fn missing_env(key: &str, var: &str) -> ApiError {
+    ApiError::invalid(format!(
+        "invalid value for key \"{key}\": environment variable \"{var}\" is not set in the PostgreSQL server's environment"
+    ))
+    .with_hint(format!("Set {var} in the environment of the postmaster (e.g. the service unit) and restart it."))
+}
+
+/// Checks that a webhook URL is absolute `http://` or `https://` with a host.
+pub fn check_url(key: &str, resolved: &str, shown: &str) -> ApiResult<()> {
+    let bad = |why: &str| {
+        ApiError::invalid(format!("invalid value for key \"{key}\": {} {why}", json!(shown)))
+            .with_hint("Give an absolute URL such as \"https://example.com/hook\".")
+    };
+    let parsed = url::Url::parse(resolved).map_err(|e| bad(&format!("is not a valid URL ({e})")))?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return Err(bad("must use http:// or https://"));
+    }
+    if parsed.host_str().is_none_or(|h| h.is_empty()) {
+        return Err(bad("has no host"));
+    }
+    if resolved.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
+        return Err(bad("contains whitespace or control characters"));
+    }
+    Ok(())
+}
+
+pub(crate) fn required<'a>(key: &str, v: Option<&'a Value>) -> ApiResult<&'a Value> {
+    match v {
+        None | Some(Value::Null) => Err(ApiError::invalid(format!("key \"{key}\" is required"))),
+        Some(v) => Ok(v),
+    }
+}
+
+pub(crate) fn expect_str<'a>(key: &str, v: &'a Value) -> ApiResult<&'a str> {
+    v.as_str().ok_or_else(|| {
+        ApiError::invalid(format!("invalid value for key \"{key}\": expected a string, got {}", describe(v)))
+    })
+}
+
+pub(crate) fn unknown_key(prefix: &str, key: &str, known: &[&str]) -> ApiError {
+    let close = known.iter().find(|k| is_near(k, key));
+    let hint = match close {
+        Some(k) => format!("Did you mean \"{prefix}{k}\"?"),
+        None => format!("Known keys here: {}.", known.iter().map(|k| format!("\"{prefix}{k}\"")).collect::<Vec<_>>().join(", ")),
+    };
+    ApiError::invalid(format!("unknown key \"{prefix}{key}\"")).with_hint(hint)
+}
+
+/// Two keys are near when one is a prefix of the other or they differ by a
+/// couple of edits (`retry_config` for `retry_conf`, `webhok` for `webhook`).
+fn is_near(a: &str, b: &str) -> bool {
+    (a.len() >= 4 && b.len() >= 4 && (a.starts_with(b) || b.starts_with(a))) || edit_distance(a, b) <= 2
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A short rendering of a JSON value for error messages.
+pub fn describe(v: &Value) -> String {
+    let kind = match v {
+        Value::Null => return "null".into(),
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let mut text = v.to_string();
+    if text.chars().count() > 60 {
+        text = text.chars().take(57).collect::<String>() + "...";
+    }
+    format!("{kind} {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "HOOK_URL" => Some("https://hooks.example.com/in".into()),
+            "HOOK_HOST" => Some("hooks.example.com".into()),
+            "SECRET" => Some("s3cr3t".into()),
+            "BAD_HEADER" => Some("a\r\nInjected: 1".into()),
+            "NOT_A_URL" => Some("ftp://x".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(v: Value) -> ApiResult<CreateArgs> {
+        parse_create_args(&v, &env)
+    }
+
+    fn base() -> Value {
+        json!({"name": "t1", "table": "users", "webhook": "http://127.0.0.1:9/hook", "insert": {"columns": "*"}})
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut b = base();
+        b[key] = value;
+        b
+    }
+
+    fn err(v: Value) -> ApiError {
+        parse(v).expect_err("expected an error")
+    }
+
+    #[test]
+    fn minimal_definition_gets_every_default() {
+        let a = parse(base()).unwrap();
+        assert!(!a.replace);
+        assert_eq!(
+            a.definition.to_json(),
+            json!({
+                "name": "t1",
+                "table": {"schema": "public", "name": "users"},
+                "webhook": "http://127.0.0.1:9/hook",
+                "insert": {"columns": "*", "payload": "*"},
+                "headers": [],
+                "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60},
+                "enable_manual": true
+            })
+        );
+    }
+
+    #[test]
+    fn full_definition_round_trips() {
+        let v = json!({
+            "name": "order-created_2",
+            "table": {"schema": "Sales Data", "name": "Orders"},
+            "webhook_from_env": "HOOK_URL",
+            "insert": {"columns": "*", "payload": ["id", "select"]},
+            "update": {"columns": ["status"], "payload": "*"},
+            "delete": {"columns": "*"},
+            "headers": [{"name": "X-Api-Key", "value_from_env": "SECRET"}, {"name": "X-Plain", "value": "v"}],
+            "retry_conf": {"num_retries": 3, "interval_sec": 0, "timeout_sec": 1},
+            "replace": true,
+            "enable_manual": false,
+            "source": "default"
+        });
+        let a = parse(v).unwrap();
+        assert!(a.replace);
+        let d = &a.definition;
+        assert_eq!(d.table, TableRef { schema: "Sales Data".into(), name: "Orders".into() });
+        assert_eq!(d.webhook, Webhook::FromEnv("HOOK_URL".into()));
+        assert_eq!(d.retry_conf, RetryConf { num_retries: 3, interval_sec: 0, timeout_sec: 1 });
+        assert_eq!(d.listed_columns(), vec!["id", "select", "status"]);
+        let stored = d.to_json();
+        assert_eq!(Definition::from_stored(&stored).unwrap(), *d);
+        assert!(stored.get("replace").is_none() && stored.get("source").is_none());
+    }
+
+    #[test]
+    fn non_object_arguments() {
+        for v in [json!([1]), json!("x"), json!(null), json!(3)] {
+            let e = err(v);
+            assert_eq!(e.state, SqlState::InvalidParameterValue);
+            assert!(e.message.contains("expects a JSON object"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_a_suggestion() {
+        let e = err(with("retry_config", json!({})));
+        assert_eq!(e.state, SqlState::InvalidParameterValue);
+        assert_eq!(e.message, "unknown key \"retry_config\"");
+        assert_eq!(e.hint.as_deref(), Some("Did you mean \"retry_conf\"?"));
+        let e = err(with("insert", json!({"columns": "*", "paylod": "*"})));
+        assert_eq!(e.message, "unknown key \"insert.paylod\"");
+        let e = err(with("retry_conf", json!({"retries": 1})));
+        assert_eq!(e.message, "unknown key \"retry_conf.retries\"");
+        let e = err(with("table", json!({"name": "u", "shema": "public"})));
+        assert_eq!(e.message, "unknown key \"table.shema\"");
+        let e = err(with("headers", json!([{"name": "a", "valeu": "b"}])));
+        assert_eq!(e.message, "unknown key \"headers[0].valeu\"");
+    }
+
+    #[test]
+    fn unsupported_hasura_keys_say_so() {
+        for key in UNSUPPORTED_KEYS {
+            let e = err(with(key, json!({})));
+            assert_eq!(e.state, SqlState::FeatureNotSupported);
+            assert!(e.message.contains(key) && e.message.contains("not supported"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn name_rule() {
+        assert!(parse(with("name", json!("a"))).is_ok());
+        assert!(parse(with("name", json!("A_b-9"))).is_ok());
+        assert!(parse(with("name", json!("a".repeat(42)))).is_ok());
+        for bad in ["", "1abc", "_a", "a b", "a.b", "ünï", "a;drop"] {
+            let e = err(with("name", json!(bad)));
+            assert_eq!(e.state, SqlState::InvalidParameterValue, "{bad}");
+            assert!(e.message.starts_with("invalid value for key \"name\""), "{}", e.message);
+        }
+        let e = err(with("name", json!("a".repeat(43))));
+        assert!(e.message.contains("43 characters long, the limit is 42"), "{}", e.message);
+        let e = err(with("name", json!(5)));
+        assert_eq!(e.message, "invalid value for key \"name\": expected a string, got number 5");
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("name");
+        assert_eq!(err(v).message, "key \"name\" is required");
+    }
+
+    #[test]
+    fn table_forms() {
+        let a = parse(with("table", json!({"name": "u"}))).unwrap();
+        assert_eq!(a.definition.table, TableRef { schema: "public".into(), name: "u".into() });
+        let a = parse(with("table", json!({"schema": "s", "name": "u"}))).unwrap();
+        assert_eq!(a.definition.table.schema, "s");
+        let e = err(with("table", json!(42)));
+        assert!(e.message.starts_with("invalid value for key \"table\""), "{}", e.message);
+        let e = err(with("table", json!({"schema": "s"})));
+        assert_eq!(e.message, "key \"table.name\" is required");
+        let e = err(with("table", json!("")));
+        assert!(e.message.starts_with("invalid value for key \"table.name\""), "{}", e.message);
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("table");
+        assert_eq!(err(v).message, "key \"table\" is required");
+    }
+
+    #[test]
+    fn webhook_rules() {
+        assert!(parse(with("webhook", json!("https://x.example/a?b=c"))).is_ok());
+        let a = parse(with("webhook", json!("https://{{HOOK_HOST}}/in"))).unwrap();
+        assert_eq!(a.definition.webhook, Webhook::Url("https://{{HOOK_HOST}}/in".into()), "the template is stored, not its value");
+        for bad in ["ftp://x/y", "not a url", "/relative", "http://", "mailto:a@b"] {
+            let e = err(with("webhook", json!(bad)));
+            assert_eq!(e.state, SqlState::InvalidParameterValue, "{bad}");
+            assert!(e.message.starts_with("invalid value for key \"webhook\""), "{bad}: {}", e.message);
+        }
+        let e = err(with("webhook", json!("http://{{NO_SUCH_VAR}}/x")));
+        assert!(e.message.contains("NO_SUCH_VAR") && e.message.contains("webhook"), "{}", e.message);
+        let e = err(with("webhook", json!(["http://x"])));
+        assert!(e.message.contains("expected a string"), "{}", e.message);
+
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("webhook");
+        assert!(err(v.clone()).message.contains("one of the keys \"webhook\" or \"webhook_from_env\" is required"));
+        v["webhook_from_env"] = json!("HOOK_URL");
+        assert!(parse(v.clone()).is_ok());
+        v["webhook_from_env"] = json!("MISSING_VAR");
+        let e = err(v.clone());
+        assert_eq!(e.state, SqlState::InvalidParameterValue);
+        assert!(e.message.contains("\"MISSING_VAR\" is not set"), "{}", e.message);
+        v["webhook_from_env"] = json!("NOT_A_URL");
+        assert!(err(v.clone()).message.contains("must use http:// or https://"));
+        v["webhook_from_env"] = json!("has space");
+        assert!(err(v).message.contains("is not an environment variable name"));
+
+        let e = err(with("webhook_from_env", json!("HOOK_URL")));
+        assert!(e.message.contains("exclude each other"), "{}", e.message);
+    }
+
+    #[test]
+    fn operation_specs() {
+        let a = parse(with("update", json!({"columns": ["a", "b"], "payload": ["c"]}))).unwrap();
+        assert_eq!(
+            a.definition.update,
+            Some(OpSpec { columns: Columns::List(vec!["a".into(), "b".into()]), payload: Columns::List(vec!["c".into()]) })
+        );
+        let e = err(with("insert", json!({"columns": []})));
+        assert_eq!(e.message, "invalid value for key \"insert.columns\": the column list is empty");
+        let e = err(with("delete", json!({"columns": "*", "payload": []})));
+        assert_eq!(e.message, "invalid value for key \"delete.payload\": the column list is empty");
+        let e = err(with("update", json!({"payload": "*"})));
+        assert_eq!(e.message, "key \"update.columns\" is required");
+        let e = err(with("update", json!({"columns": "all"})));
+        assert!(e.message.contains("expected \"*\" or a list of column names"), "{}", e.message);
+        let e = err(with("update", json!({"columns": ["a", 1]})));
+        assert!(e.message.starts_with("invalid value for key \"update.columns[1]\""), "{}", e.message);
+        let e = err(with("update", json!({"columns": ["a", "a"]})));
+        assert!(e.message.contains("listed twice"), "{}", e.message);
+        let e = err(with("insert", json!(true)));
+        assert!(e.message.starts_with("invalid value for key \"insert\""), "{}", e.message);
+    }
+
+    #[test]
+    fn at_least_one_operation_or_manual() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("insert");
+        let a = parse(v.clone()).unwrap();
+        assert!(!a.definition.captures_rows() && a.definition.enable_manual);
+        v["enable_manual"] = json!(false);
+        let e = err(v);
+        assert!(e.message.contains("captures nothing"), "{}", e.message);
+    }
+
+    #[test]
+    fn header_rules() {
+        let a = parse(with("headers", json!([{"name": "X-A", "value": "1"}, {"name": "X-B", "value_from_env": "SECRET"}]))).unwrap();
+        assert_eq!(a.definition.headers[1].value, HeaderValue::FromEnv("SECRET".into()));
+        let e = err(with("headers", json!([{"name": "X Bad", "value": "1"}])));
+        assert!(e.message.contains("\"headers[0].name\"") && e.message.contains("not a valid HTTP header name"), "{}", e.message);
+        let e = err(with("headers", json!([{"name": "X-A", "value": "a\r\nX-Evil: 1"}])));
+        assert!(e.message.contains("\"headers[0].value\"") && e.message.contains("CR, LF"), "{}", e.message);
+        let e = err(with("headers", json!([{"name": "X-A", "value": "a\nb"}])));
+        assert!(e.message.contains("CR, LF"));
+        let e = err(with("headers", json!([{"name": "X-A", "value_from_env": "NOPE"}])));
+        assert!(e.message.contains("\"NOPE\" is not set"), "{}", e.message);
+        let e = err(with("headers", json!([{"name": "X-A", "value_from_env": "BAD_HEADER"}])));
+        assert!(e.message.contains("CR, LF"), "{}", e.message);
+        let e = err(with("headers", json!([{"name": "X-A"}])));
+        assert!(e.message.contains("is required"), "{}", e.message);
+        let e = err(with("headers", json!([{"name": "X-A", "value": "1", "value_from_env": "SECRET"}])));
+        assert!(e.message.contains("exclude each other"), "{}", e.message);
+        let e = err(with("headers", json!([{"name": "Webhook-Id", "value": "1"}])));
+        assert!(e.message.contains("set by pg_webhooks itself"), "{}", e.message);
+        let e = err(with("headers", json!({"X-A": "1"})));
+        assert!(e.message.starts_with("invalid value for key \"headers\""), "{}", e.message);
+        let e = err(with("headers", json!([{"name": "X-A", "value": 1}])));
+        assert!(e.message.contains("expected a string"), "{}", e.message);
+    }
+
+    #[test]
+    fn retry_conf_rules() {
+        let a = parse(with("retry_conf", json!({"num_retries": 5}))).unwrap();
+        assert_eq!(a.definition.retry_conf, RetryConf { num_retries: 5, interval_sec: 10, timeout_sec: 60 });
+        let a = parse(with("retry_conf", json!({"interval_sec": 2.0}))).unwrap();
+        assert_eq!(a.definition.retry_conf.interval_sec, 2);
+        for (k, v, want) in [
+            ("num_retries", json!(-1), ">= 0, got number -1"),
+            ("interval_sec", json!(-5), ">= 0, got number -5"),
+            ("timeout_sec", json!(0), ">= 1, got number 0"),
+            ("num_retries", json!(1.5), "got number 1.5"),
+            ("num_retries", json!("3"), "got string \"3\""),
+            ("timeout_sec", json!(1e12), "got number"),
+        ] {
+            let e = err(with("retry_conf", json!({ k: v })));
+            assert_eq!(e.state, SqlState::InvalidParameterValue);
+            assert!(e.message.starts_with(&format!("invalid value for key \"retry_conf.{k}\"")), "{}", e.message);
+            assert!(e.message.contains(want), "{}", e.message);
+        }
+        let e = err(with("retry_conf", json!(3)));
+        assert!(e.message.starts_with("invalid value for key \"retry_conf\""));
+    }
+
+    #[test]
+    fn booleans_and_source() {
+        assert!(parse(with("replace", json!(true))).unwrap().replace);
+        let e = err(with("replace", json!("yes")));
+        assert_eq!(e.message, "invalid value for key \"replace\": expected true or false, got string \"yes\"");
+        let e = err(with("enable_manual", json!(1)));
+        assert!(e.message.starts_with("invalid value for key \"enable_manual\""));
+        assert!(parse(with("source", json!("default"))).is_ok());
+        let e = err(with("source", json!("other_db")));
+        assert!(e.message.contains("\"source\"") && e.message.contains("other_db"), "{}", e.message);
+    }
+
+    #[test]
+    fn describe_truncates_long_values() {
+        let d = describe(&json!("x".repeat(500)));
+        assert!(d.len() < 80 && d.ends_with("..."), "{d}");
+    }
+}

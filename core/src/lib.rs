@@ -1,0 +1,15 @@
+//! The parts of pg_webhooks that never call into PostgreSQL. They are plain
+//! Rust, tested with plain `#[test]`s, and used by the extension's glue.
+//!
+//! - [`definition`]: `create_event_trigger` arguments, their rules, the
+//!   normalized definition.
+//! - [`query`]: Hasura request bodies for `webhooks.query`.
+//! - [`env_template`]: `{{ENV_VAR}}` in webhook URLs.
+//! - [`error`]: errors with the SQLSTATE they raise.
+
+pub mod definition;
+pub mod env_template;
+pub mod error;
+pub mod query;
+
+pub use error::{ApiError, ApiResult, SqlState};
