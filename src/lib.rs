@@ -1,1 +1,53 @@
+//! pg_webhooks: Hasura-style event triggers inside PostgreSQL.
+//!
+//! The PostgreSQL glue lives here; everything that does not call into
+//! PostgreSQL is in the `pg_webhooks_core` crate (`core/`).
+//!
+//! - [`api`]: the SQL functions of schema `webhooks` (create, delete,
+//!   invoke, redeliver, query).
+//! - [`capture`]: the row trigger that writes events in the writing
+//!   transaction.
+//! - [`catalog`]: lookups of tables, columns and the extension owner, and
+//!   running SQL with the owner's rights.
+//! - [`errors`]: raising `ApiError`s with their SQLSTATE.
+//! - `sql/`: the tables, the DDL event triggers and the privileges.
 
+use pgrx::prelude::*;
+
+mod api;
+mod capture;
+mod catalog;
+mod errors;
+mod shmem;
+mod wake;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
+extension_sql_file!("../sql/ddl.sql", name = "ddl", requires = [capture::capture]);
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
+
+/// Set in `_PG_init` when the library was loaded by
+/// `shared_preload_libraries`, the only way the worker can run.
+static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        PRELOADED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    capture::init();
+}
+
+/// Called by CREATE EXTENSION: warns when nothing will be delivered.
+#[pg_extern]
+fn _warn_if_not_preloaded() {
+    if !PRELOADED.load(std::sync::atomic::Ordering::Relaxed) {
+        ereport!(
+            PgLogLevel::WARNING,
+            PgSqlErrorCode::ERRCODE_WARNING,
+            "pg_webhooks is not in shared_preload_libraries: events are captured but nothing will be delivered",
+            "Add pg_webhooks to shared_preload_libraries in postgresql.conf and restart PostgreSQL."
+        );
+    }
+}

@@ -26,6 +26,8 @@ pub enum SqlState {
     ObjectNotInPrerequisiteState,
     /// 42501: the caller lacks a privilege.
     InsufficientPrivilege,
+    /// 22004: a NULL argument.
+    NullValueNotAllowed,
     /// 0A000: a Hasura feature pg_webhooks does not implement.
     FeatureNotSupported,
 }
@@ -44,6 +46,7 @@ impl SqlState {
             SqlState::ObjectNotInPrerequisiteState => "55000",
             SqlState::InsufficientPrivilege => "42501",
             SqlState::FeatureNotSupported => "0A000",
+            SqlState::NullValueNotAllowed => "22004",
         }
     }
 }

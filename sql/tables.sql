@@ -1,0 +1,55 @@
+-- pg_webhooks: the tables. CREATE EXTENSION creates the schema "webhooks"
+-- (pg_webhooks.control: schema = webhooks) and runs this first.
+
+-- One row per event trigger. "definition" is the normalized definition that
+-- create_event_trigger returns; schema_name and table_name follow it.
+CREATE TABLE webhooks.event_triggers (
+    name        text PRIMARY KEY,
+    definition  jsonb NOT NULL,
+    schema_name text GENERATED ALWAYS AS (definition #>> '{table,schema}') STORED,
+    table_name  text GENERATED ALWAYS AS (definition #>> '{table,name}') STORED,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per event. "payload" is the "event" object of the webhook body:
+-- {"op", "data": {"old", "new"}, "session_variables", "trace_context"}.
+-- An event is pending while it is not delivered, not error and not archived;
+-- "locked" is set while the worker delivers it; "next_retry_at" is when it is
+-- due (its capture time at first, the retry time after a failed attempt).
+CREATE TABLE webhooks.event_log (
+    id            uuid PRIMARY KEY,
+    trigger_name  text NOT NULL,
+    schema_name   text NOT NULL,
+    table_name    text NOT NULL,
+    payload       jsonb NOT NULL,
+    delivered     boolean NOT NULL DEFAULT false,
+    error         boolean NOT NULL DEFAULT false,
+    archived      boolean NOT NULL DEFAULT false,
+    tries         integer NOT NULL DEFAULT 0,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    locked        timestamptz,
+    next_retry_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The worker's fetch: pending, not locked, due, oldest first. The scan stops
+-- at the first event that is not due yet, however long the backlog.
+CREATE INDEX event_log_fetch ON webhooks.event_log (next_retry_at, id)
+    WHERE NOT delivered AND NOT error AND NOT archived AND locked IS NULL;
+
+-- One row per delivery attempt.
+CREATE TABLE webhooks.event_invocation_logs (
+    id           uuid PRIMARY KEY,
+    event_id     uuid NOT NULL,
+    trigger_name text NOT NULL,
+    status       integer,
+    request      jsonb,
+    response     jsonb,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    duration_ms  double precision
+);
+CREATE INDEX event_invocation_logs_event_id ON webhooks.event_invocation_logs (event_id);
+
+-- Definitions and undelivered events survive pg_dump / pg_restore.
+SELECT pg_catalog.pg_extension_config_dump('webhooks.event_triggers', '');
+SELECT pg_catalog.pg_extension_config_dump('webhooks.event_log', 'WHERE NOT delivered AND NOT archived');
