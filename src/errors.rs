@@ -43,7 +43,12 @@ impl<T> OrRaise<T> for Result<T, ApiError> {
     }
 }
 
-/// Unwraps an SPI result; an SPI failure is a bug, reported as an internal error.
-pub fn spi<T>(r: Result<T, pgrx::spi::Error>) -> T {
-    r.unwrap_or_else(|e| error!("pg_webhooks: SPI failed: {e}"))
+/// Unwraps an SPI result. A query that returned no row gives the default
+/// (`None`s); any other SPI failure is a bug, reported as an internal error.
+pub fn spi<T: Default>(r: Result<T, pgrx::spi::Error>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(pgrx::spi::Error::InvalidPosition) => T::default(),
+        Err(e) => error!("pg_webhooks: SPI failed: {e}"),
+    }
 }

@@ -1,1 +1,75 @@
-//! Harness for the end-to-end tests.
+//! Harness for the end-to-end tests of pg_webhooks: throwaway clusters
+//! ([`cluster`]) and helpers to assert on SQL errors.
+
+pub mod cluster;
+
+use std::sync::{Mutex, OnceLock};
+
+pub use cluster::Cluster;
+
+static SHARED: OnceLock<Mutex<Option<Cluster>>> = OnceLock::new();
+
+extern "C" fn stop_shared() {
+    if let Some(m) = SHARED.get() {
+        if let Ok(mut g) = m.lock() {
+            g.take();
+        }
+    }
+}
+
+/// The cluster the tests of one test binary share; each test takes a fresh
+/// database in it. It is stopped when the test binary exits.
+pub fn with_shared<R>(f: impl FnOnce(&Cluster) -> R) -> R {
+    let m = SHARED.get_or_init(|| {
+        unsafe { libc::atexit(stop_shared) };
+        Mutex::new(Some(Cluster::start("")))
+    });
+    // Clusters are only created under the lock; using one needs no lock.
+    let ptr: *const Cluster = m.lock().unwrap().as_ref().expect("shared cluster stopped") as *const _;
+    f(unsafe { &*ptr })
+}
+
+/// A fresh database with the extension, in the shared cluster.
+pub fn fresh_db(name: &str) -> postgres::Client {
+    with_shared(|c| c.fresh_db(name).1)
+}
+
+/// A connection to an existing database of the shared cluster.
+pub fn connect_as(db: &str, user: &str) -> postgres::Client {
+    with_shared(|c| c.connect_as(db, user))
+}
+
+/// An ERROR as the client sees it.
+#[derive(Debug)]
+pub struct SqlError {
+    pub code: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Runs `sql`, which must fail, and returns its error.
+pub fn sql_error(client: &mut postgres::Client, sql: &str) -> SqlError {
+    match client.batch_execute(sql) {
+        Ok(()) => panic!("expected an error from: {sql}"),
+        Err(e) => {
+            let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
+            SqlError { code: db.code().code().to_string(), message: db.message().to_string(), hint: db.hint().map(str::to_string) }
+        }
+    }
+}
+
+/// Asserts that `sql` fails with `code` and a message containing each of `parts`.
+#[track_caller]
+pub fn assert_sql_error(client: &mut postgres::Client, sql: &str, code: &str, parts: &[&str]) -> SqlError {
+    let e = sql_error(client, sql);
+    assert_eq!(e.code, code, "SQLSTATE of {sql}: {e:?}");
+    for p in parts {
+        assert!(e.message.contains(p), "message of {sql} lacks {p:?}: {e:?}");
+    }
+    e
+}
+
+/// One value of the first row.
+pub fn one<T: for<'a> postgres::types::FromSql<'a>>(client: &mut postgres::Client, sql: &str) -> T {
+    client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
