@@ -1,5 +1,7 @@
--- pg_webhooks: the tables. CREATE EXTENSION creates the schema "webhooks"
--- (pg_webhooks.control: schema = webhooks) and runs this first.
+-- pg_webhooks: the schema and its tables. The schema is created here, not
+-- through the control file, so that it belongs to the extension and goes
+-- with DROP EXTENSION.
+CREATE SCHEMA webhooks;
 
 -- One row per event trigger. "definition" is the normalized definition that
 -- create_event_trigger returns; schema_name and table_name follow it.

@@ -25,32 +25,32 @@ pub fn table_trigger_name(name: &str) -> String {
 
 /// Creates an event trigger, or replaces it with `"replace": true`. Returns
 /// the stored definition with every default filled in.
-#[pg_extern]
+#[pg_extern(schema = "webhooks")]
 fn create_event_trigger(args: Option<JsonB>) -> JsonB {
     JsonB(create(&not_null("args", args).0))
 }
 
 /// Deletes an event trigger. Its undelivered events are archived, never sent.
-#[pg_extern]
+#[pg_extern(schema = "webhooks")]
 fn delete_event_trigger(name: Option<&str>) {
     delete(not_null("name", name))
 }
 
 /// Requeues one event: tries = 0, not delivered, not errored.
-#[pg_extern]
+#[pg_extern(schema = "webhooks")]
 fn redeliver_event(event_id: Option<pgrx::Uuid>) {
     redeliver(not_null("event_id", event_id))
 }
 
 /// Enqueues a MANUAL event with `data = {"old": null, "new": payload}`.
-#[pg_extern]
+#[pg_extern(schema = "webhooks")]
 fn invoke_event_trigger(name: Option<&str>, payload: Option<JsonB>) -> pgrx::Uuid {
     invoke(not_null("name", name), &not_null("payload", payload).0)
 }
 
 /// Runs a Hasura API body: `{"type": ..., "args": ...}`, v1 or v2 names, or
 /// `bulk` (all or nothing). Answers as Hasura does.
-#[pg_extern]
+#[pg_extern(schema = "webhooks")]
 fn query(body: Option<JsonB>) -> JsonB {
     let request = query::parse(&not_null("body", body).0).or_raise();
     JsonB(run(request))

@@ -109,12 +109,18 @@ fn sweep_stale() {
     }
 }
 
-#[pg_trigger]
-fn capture<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    unsafe { capture_row(trigger.trigger_data()) };
-    Ok(None)
+#[pg_schema]
+mod webhooks {
+    use pgrx::prelude::*;
+
+    /// `webhooks.capture(name)`: the AFTER ROW trigger function.
+    #[pg_trigger]
+    fn capture<'a>(
+        trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+        unsafe { super::capture_row(trigger.trigger_data()) };
+        Ok(None)
+    }
 }
 
 unsafe fn capture_row(td: &pg_sys::TriggerData) {

@@ -24,7 +24,7 @@ mod wake;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
-extension_sql_file!("../sql/ddl.sql", name = "ddl", requires = [capture::capture]);
+extension_sql_file!("../sql/ddl.sql", name = "ddl", requires = [capture::webhooks::capture]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 /// Set in `_PG_init` when the library was loaded by
@@ -40,7 +40,7 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 /// Called by CREATE EXTENSION: warns when nothing will be delivered.
-#[pg_extern]
+#[pg_extern(schema = "webhooks")]
 fn _warn_if_not_preloaded() {
     if !PRELOADED.load(std::sync::atomic::Ordering::Relaxed) {
         ereport!(
