@@ -1,0 +1,35 @@
+# pg_webhooks. Every target installs what it needs first (scripts/bootstrap.sh),
+# so each works on a bare Debian 12 machine and is safe to run again.
+
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+CARGO ?= cargo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all setup build install test unit e2e demo clean
+
+all: build
+
+setup:
+	@bash scripts/bootstrap.sh
+
+build: setup
+	$(CARGO) build --release -p pg_webhooks
+
+# Installs the extension into the PostgreSQL of $(PG_CONFIG).
+install: setup
+	$(CARGO) pgrx install --release -p pg_webhooks --pg-config $(PG_CONFIG)
+
+# Every test: the pure crate's unit tests, then the end-to-end suite against
+# throwaway clusters of the installed extension.
+test: install
+	$(CARGO) test -p pg_webhooks_core
+	$(CARGO) test -p pg_webhooks_tests
+
+unit:
+	$(CARGO) test -p pg_webhooks_core
+
+demo: install
+	@bash scripts/demo.sh
+
+clean:
+	$(CARGO) clean
