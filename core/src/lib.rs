@@ -6,10 +6,14 @@
 //! - [`query`]: Hasura request bodies for `webhooks.query`.
 //! - [`env_template`]: `{{ENV_VAR}}` in webhook URLs.
 //! - [`error`]: errors with the SQLSTATE they raise.
+//! - [`retry`]: success, retry or failure of an attempt; `Retry-After`.
+//! - [`delivery`]: the webhook body, HTTP attempts and the thread pool.
 
 pub mod definition;
+pub mod delivery;
 pub mod env_template;
 pub mod error;
 pub mod query;
+pub mod retry;
 
 pub use error::{ApiError, ApiResult, SqlState};
