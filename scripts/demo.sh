@@ -26,9 +26,10 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$DIR'
 shared_preload_libraries = 'pg_webhooks'
 CONF
-as_pg "$PG_BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
 python3 "$(dirname "$0")/demo_receiver.py" "$HOOK_PORT" > "$DIR/webhook.log" 2>&1 &
 RECEIVER_PID=$!
+as_pg "$PG_BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
+for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$HOOK_PORT") 2>/dev/null && break; sleep 0.1; done
 
 psql() { command psql -X -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
 
@@ -59,6 +60,8 @@ for _ in $(seq 1 50); do
   [ "$delivered" -ge 3 ] && break
   sleep 0.1
 done
-psql -c "SELECT payload->>'op' AS op, delivered, tries FROM webhooks.event_log ORDER BY created_at, id"
+psql -c "SELECT payload->>'op' AS op, delivered, tries FROM webhooks.event_log ORDER BY created_at, id" \
+     -c "SELECT l.status, l.duration_ms::numeric(8,2) AS ms, e.payload->>'op' AS op
+         FROM webhooks.event_invocation_logs l JOIN webhooks.event_log e ON e.id = l.event_id ORDER BY l.created_at"
 echo "== what the webhook received"
 cat "$DIR/webhook.log"

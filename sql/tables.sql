@@ -34,9 +34,10 @@ CREATE TABLE webhooks.event_log (
     next_retry_at timestamptz NOT NULL DEFAULT now()
 );
 
--- The worker's fetch: pending, not locked, due, oldest first. The scan stops
--- at the first event that is not due yet, however long the backlog.
-CREATE INDEX event_log_fetch ON webhooks.event_log (next_retry_at, id)
+-- The worker's fetch, per trigger: pending, not locked, due, oldest first.
+-- The scan stops at the first event that is not due yet, however long the
+-- backlog, and one trigger's backlog never sits in another's way.
+CREATE INDEX event_log_fetch ON webhooks.event_log (trigger_name, next_retry_at, id)
     WHERE NOT delivered AND NOT error AND NOT archived AND locked IS NULL;
 
 -- One row per delivery attempt.

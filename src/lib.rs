@@ -10,6 +10,11 @@
 //! - [`catalog`]: lookups of tables, columns and the extension owner, and
 //!   running SQL with the owner's rights.
 //! - [`errors`]: raising `ApiError`s with their SQLSTATE.
+//! - [`settings`]: the `webhooks.*` settings.
+//! - [`shmem`]: shared memory: the worker's latch and counters.
+//! - [`wake`]: waking the worker once per committing transaction.
+//! - [`store`]: the event store as the worker uses it (claim, record).
+//! - [`worker`]: the background worker that delivers events.
 //! - `sql/`: the tables, the DDL event triggers and the privileges.
 
 use pgrx::prelude::*;
@@ -18,8 +23,11 @@ mod api;
 mod capture;
 mod catalog;
 mod errors;
+mod settings;
 mod shmem;
+mod store;
 mod wake;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -33,8 +41,11 @@ static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    settings::register();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         PRELOADED.store(true, std::sync::atomic::Ordering::Relaxed);
+        shmem::init();
+        worker::register();
     }
     capture::init();
 }

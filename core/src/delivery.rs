@@ -182,42 +182,58 @@ fn describe_error(e: ureq::Error) -> String {
 /// thread waits on).
 pub struct Pool {
     jobs: Option<Sender<Attempt>>,
+    job_rx: Arc<Mutex<Receiver<Attempt>>>,
+    out_tx: Sender<Outcome>,
     outcomes: Receiver<Outcome>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    client: Client,
+    notify: Arc<dyn Fn() + Send + Sync>,
+    threads: usize,
 }
 
 impl Pool {
     pub fn new(threads: usize, client: Client, notify: Arc<dyn Fn() + Send + Sync>) -> Pool {
         let (job_tx, job_rx) = mpsc::channel::<Attempt>();
         let (out_tx, out_rx) = mpsc::channel::<Outcome>();
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let handles = (0..threads.max(1))
-            .map(|i| {
-                let job_rx = job_rx.clone();
-                let out_tx = out_tx.clone();
-                let client = client.clone();
-                let notify = notify.clone();
-                std::thread::Builder::new()
-                    .name(format!("pg_webhooks-http-{i}"))
-                    .spawn(move || {
-                        block_all_signals();
-                        loop {
-                            let job = match job_rx.lock() {
-                                Ok(rx) => rx.recv(),
-                                Err(_) => return,
-                            };
-                            let Ok(job) = job else { return };
-                            let outcome = client.send(&job);
-                            if out_tx.send(outcome).is_err() {
-                                return;
-                            }
-                            notify();
+        let mut pool = Pool {
+            jobs: Some(job_tx),
+            job_rx: Arc::new(Mutex::new(job_rx)),
+            out_tx,
+            outcomes: out_rx,
+            client,
+            notify,
+            threads: 0,
+        };
+        pool.grow(threads.max(1));
+        pool
+    }
+
+    /// Adds threads until there are `threads` of them.
+    pub fn grow(&mut self, threads: usize) {
+        while self.threads < threads {
+            let job_rx = self.job_rx.clone();
+            let out_tx = self.out_tx.clone();
+            let client = self.client.clone();
+            let notify = self.notify.clone();
+            std::thread::Builder::new()
+                .name(format!("pg_webhooks-http-{}", self.threads))
+                .spawn(move || {
+                    block_all_signals();
+                    loop {
+                        let job = match job_rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let outcome = client.send(&job);
+                        if out_tx.send(outcome).is_err() {
+                            return;
                         }
-                    })
-                    .expect("spawning an HTTP thread")
-            })
-            .collect();
-        Pool { jobs: Some(job_tx), outcomes: out_rx, threads: handles }
+                        notify();
+                    }
+                })
+                .expect("spawning an HTTP thread");
+            self.threads += 1;
+        }
     }
 
     pub fn submit(&self, a: Attempt) {
@@ -238,7 +254,7 @@ impl Pool {
     }
 
     pub fn threads(&self) -> usize {
-        self.threads.len()
+        self.threads
     }
 }
 

@@ -1,0 +1,89 @@
+//! The `webhooks.*` settings. Registered in every process that loads the
+//! library, so SHOW and SET know them; the worker reads them on SIGHUP.
+
+use std::ffi::CString;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
+pub static MAX_CONCURRENT: GucSetting<i32> = GucSetting::<i32>::new(32);
+pub static MAX_CONCURRENT_PER_TRIGGER: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static RESPONSE_BODY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"webhooks.database",
+        c"The database whose events the pg_webhooks worker delivers.",
+        c"The extension must be installed there. Takes effect at server start.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"webhooks.batch_size",
+        c"Events the worker claims per fetch.",
+        c"",
+        &BATCH_SIZE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"webhooks.max_concurrent_deliveries",
+        c"HTTP requests the worker keeps in flight at once.",
+        c"",
+        &MAX_CONCURRENT,
+        1,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"webhooks.max_concurrent_per_trigger",
+        c"HTTP requests in flight at once for one event trigger; 0 means half of webhooks.max_concurrent_deliveries.",
+        c"Keeps a slow or hanging webhook from taking every delivery slot.",
+        &MAX_CONCURRENT_PER_TRIGGER,
+        0,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"webhooks.poll_interval",
+        c"How often the worker looks for due events when nothing wakes it.",
+        c"Commits that write events wake the worker at once; this is the fallback.",
+        &POLL_INTERVAL_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"webhooks.response_body_limit",
+        c"How much of a webhook's response body is read and kept in event_invocation_logs.",
+        c"",
+        &RESPONSE_BODY_LIMIT,
+        0,
+        64 * 1024 * 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_BYTE,
+    );
+}
+
+pub fn database() -> String {
+    DATABASE.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".into())
+}
+
+pub fn max_concurrent() -> usize {
+    MAX_CONCURRENT.get().max(1) as usize
+}
+
+pub fn max_concurrent_per_trigger() -> usize {
+    match MAX_CONCURRENT_PER_TRIGGER.get() {
+        0 => (max_concurrent() / 2).max(1),
+        n => (n as usize).min(max_concurrent()),
+    }
+}

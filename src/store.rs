@@ -1,0 +1,207 @@
+//! The event store as the worker uses it: claim due events, record attempt
+//! results, release locks. Each function runs inside the caller's
+//! transaction; the worker commits before any HTTP request goes out.
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use crate::errors::spi;
+
+/// An event claimed for delivery.
+pub struct Claimed {
+    pub id: String,
+    pub trigger: String,
+    pub schema: String,
+    pub table: String,
+    /// The `event` object as JSON text.
+    pub event: String,
+    /// Attempts before this one.
+    pub tries: i32,
+    /// ISO 8601.
+    pub created_at: String,
+}
+
+/// What to write after an attempt.
+pub struct Recorded {
+    pub event_id: pgrx::Uuid,
+    pub log_id: pgrx::Uuid,
+    pub trigger: String,
+    pub status: Option<i32>,
+    /// The request as logged (secrets redacted), JSON text.
+    pub request: String,
+    pub response: JsonB,
+    pub started_epoch: f64,
+    pub duration_ms: f64,
+    /// 'd' delivered, 'r' retry, 'f' failed for good.
+    pub verdict: char,
+    pub retry_delay_sec: f64,
+}
+
+/// Whether the extension is installed in the worker's database.
+pub fn extension_installed() -> bool {
+    spi(Spi::get_one::<bool>("SELECT true FROM pg_catalog.pg_extension WHERE extname = 'pg_webhooks'")).unwrap_or(false)
+}
+
+/// Locks left by a worker that died: at start, every lock is stale.
+pub fn release_stale_locks() -> i64 {
+    spi(Spi::get_one::<i64>(
+        "WITH r AS (UPDATE webhooks.event_log SET locked = NULL WHERE locked IS NOT NULL RETURNING 1)
+         SELECT count(*) FROM r",
+    ))
+    .unwrap_or(0)
+}
+
+/// The definitions, with their last change, for the worker's cache.
+pub fn definitions() -> Vec<(String, String, JsonB)> {
+    Spi::connect(|c| {
+        let rows = spi(c.select("SELECT name, updated_at::text, definition FROM webhooks.event_triggers", None, &[]).map(Some))
+            .expect("select returns a table");
+        rows.into_iter()
+            .map(|r| {
+                (
+                    spi(r.get::<String>(1)).unwrap_or_default(),
+                    spi(r.get::<String>(2)).unwrap_or_default(),
+                    spi(r.get::<JsonB>(3)).expect("definition is NOT NULL"),
+                )
+            })
+            .collect()
+    })
+}
+
+/// Claims due events: up to `limits[i]` of trigger `names[i]`, oldest due
+/// first, skipping rows another transaction holds.
+pub fn claim(names: Vec<String>, limits: Vec<i32>) -> Vec<Claimed> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    Spi::connect_mut(|c| {
+        let rows = spi(
+            c.update(
+                "WITH lim AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS l(name, n)),
+                 due AS (
+                     SELECT d.id FROM lim CROSS JOIN LATERAL (
+                         SELECT e.id FROM webhooks.event_log e
+                         WHERE e.trigger_name = lim.name
+                           AND NOT e.delivered AND NOT e.error AND NOT e.archived AND e.locked IS NULL
+                           AND e.next_retry_at <= pg_catalog.now()
+                         ORDER BY e.next_retry_at, e.id
+                         LIMIT lim.n
+                         FOR UPDATE SKIP LOCKED) d)
+                 UPDATE webhooks.event_log e SET locked = pg_catalog.now()
+                 FROM due WHERE e.id = due.id
+                 RETURNING e.id::text, e.trigger_name, e.schema_name, e.table_name, e.payload::text, e.tries,
+                           pg_catalog.to_json(e.created_at) #>> '{}', e.next_retry_at",
+                None,
+                &[names.into(), limits.into()],
+            )
+            .map(Some),
+        )
+        .expect("update returns a table");
+        let mut out: Vec<(Claimed, pgrx::datum::TimestampWithTimeZone)> = rows
+            .into_iter()
+            .map(|r| {
+                (
+                    Claimed {
+                        id: spi(r.get::<String>(1)).unwrap_or_default(),
+                        trigger: spi(r.get::<String>(2)).unwrap_or_default(),
+                        schema: spi(r.get::<String>(3)).unwrap_or_default(),
+                        table: spi(r.get::<String>(4)).unwrap_or_default(),
+                        event: spi(r.get::<String>(5)).unwrap_or_default(),
+                        tries: spi(r.get::<i32>(6)).unwrap_or_default(),
+                        created_at: spi(r.get::<String>(7)).unwrap_or_default(),
+                    },
+                    spi(r.get::<pgrx::datum::TimestampWithTimeZone>(8)).expect("next_retry_at is NOT NULL"),
+                )
+            })
+            .collect();
+        // Best-effort order: the oldest due first.
+        out.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.id.cmp(&b.0.id)));
+        out.into_iter().map(|(c, _)| c).collect()
+    })
+}
+
+/// When the next pending, unlocked event of these triggers is due, in
+/// seconds from now (negative when already due); None when there is none.
+pub fn seconds_until_next_due(names: Vec<String>) -> Option<f64> {
+    if names.is_empty() {
+        return None;
+    }
+    spi(Spi::get_one_with_args::<f64>(
+        "SELECT pg_catalog.date_part('epoch', pg_catalog.min(n.next_retry_at) - pg_catalog.clock_timestamp())::float8
+         FROM pg_catalog.unnest($1::text[]) AS t(name) CROSS JOIN LATERAL (
+             SELECT e.next_retry_at FROM webhooks.event_log e
+             WHERE e.trigger_name = t.name
+               AND NOT e.delivered AND NOT e.error AND NOT e.archived AND e.locked IS NULL
+             ORDER BY e.next_retry_at, e.id LIMIT 1) n",
+        &[names.into()],
+    ))
+}
+
+/// Writes the attempts' invocation logs and the events' new state.
+pub fn record(results: Vec<Recorded>) {
+    if results.is_empty() {
+        return;
+    }
+    let mut event_ids = Vec::with_capacity(results.len());
+    let mut log_ids = Vec::with_capacity(results.len());
+    let mut triggers = Vec::with_capacity(results.len());
+    let mut statuses = Vec::with_capacity(results.len());
+    let mut requests = Vec::with_capacity(results.len());
+    let mut responses = Vec::with_capacity(results.len());
+    let mut started = Vec::with_capacity(results.len());
+    let mut durations = Vec::with_capacity(results.len());
+    let mut verdicts = Vec::with_capacity(results.len());
+    let mut delays = Vec::with_capacity(results.len());
+    for r in results {
+        event_ids.push(r.event_id);
+        log_ids.push(r.log_id);
+        triggers.push(r.trigger);
+        statuses.push(r.status);
+        requests.push(r.request);
+        responses.push(r.response);
+        started.push(r.started_epoch);
+        durations.push(r.duration_ms);
+        verdicts.push(r.verdict.to_string());
+        delays.push(r.retry_delay_sec);
+    }
+    spi(Spi::run_with_args(
+        "WITH r AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::jsonb[],
+                                             $7::float8[], $8::float8[], $9::text[], $10::float8[])
+                 AS r(event_id, log_id, trigger_name, status, request, response, started, duration_ms, verdict, delay)),
+         logs AS (
+             INSERT INTO webhooks.event_invocation_logs (id, event_id, trigger_name, status, request, response, created_at, duration_ms)
+             SELECT log_id, event_id, trigger_name, status, request::jsonb, response, pg_catalog.to_timestamp(started), duration_ms
+             FROM r)
+         UPDATE webhooks.event_log e
+         SET tries = e.tries + 1,
+             locked = NULL,
+             delivered = (r.verdict = 'd'),
+             error = (r.verdict = 'f'),
+             next_retry_at = CASE WHEN r.verdict = 'r'
+                                  THEN pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => r.delay)
+                                  ELSE e.next_retry_at END
+         FROM r WHERE e.id = r.event_id",
+        &[
+            event_ids.into(),
+            log_ids.into(),
+            triggers.into(),
+            statuses.into(),
+            requests.into(),
+            responses.into(),
+            started.into(),
+            durations.into(),
+            verdicts.into(),
+            delays.into(),
+        ],
+    ));
+}
+
+/// Releases events whose attempt will not be recorded (the worker is
+/// stopping): they are delivered again later.
+pub fn unlock(ids: Vec<pgrx::Uuid>) {
+    if ids.is_empty() {
+        return;
+    }
+    spi(Spi::run_with_args("UPDATE webhooks.event_log SET locked = NULL WHERE id = ANY($1)", &[ids.into()]));
+}
