@@ -43,7 +43,7 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"webhooks.max_concurrent_per_trigger",
-        c"HTTP requests in flight at once for one event trigger; 0 means half of webhooks.max_concurrent_deliveries.",
+        c"HTTP requests in flight at once for one event trigger; 0 means three quarters of webhooks.max_concurrent_deliveries.",
         c"Keeps a slow or hanging webhook from taking every delivery slot.",
         &MAX_CONCURRENT_PER_TRIGGER,
         0,
@@ -83,7 +83,7 @@ pub fn max_concurrent() -> usize {
 
 pub fn max_concurrent_per_trigger() -> usize {
     match MAX_CONCURRENT_PER_TRIGGER.get() {
-        0 => (max_concurrent() / 2).max(1),
+        0 => (max_concurrent() * 3 / 4).max(1),
         n => (n as usize).min(max_concurrent()),
     }
 }

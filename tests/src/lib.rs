@@ -2,10 +2,13 @@
 //! ([`cluster`]) and helpers to assert on SQL errors.
 
 pub mod cluster;
+pub mod receiver;
 
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 pub use cluster::Cluster;
+pub use receiver::{Received, Receiver};
 
 static SHARED: OnceLock<Mutex<Option<Cluster>>> = OnceLock::new();
 
@@ -20,9 +23,20 @@ extern "C" fn stop_shared() {
 /// The cluster the tests of one test binary share; each test takes a fresh
 /// database in it. It is stopped when the test binary exits.
 pub fn with_shared<R>(f: impl FnOnce(&Cluster) -> R) -> R {
+    with_shared_settings("", f)
+}
+
+/// Like [`with_shared`]; the first call's `settings` go to postgresql.conf
+/// (every test of a binary passes the same).
+pub fn with_shared_settings<R>(settings: &str, f: impl FnOnce(&Cluster) -> R) -> R {
+    with_shared_env(settings, &[], f)
+}
+
+/// Like [`with_shared_settings`], with extra environment for the server.
+pub fn with_shared_env<R>(settings: &str, env: &[(&str, &str)], f: impl FnOnce(&Cluster) -> R) -> R {
     let m = SHARED.get_or_init(|| {
         unsafe { libc::atexit(stop_shared) };
-        Mutex::new(Some(Cluster::start("")))
+        Mutex::new(Some(Cluster::start_with_env(settings, env)))
     });
     // Clusters are only created under the lock; using one needs no lock.
     let ptr: *const Cluster = m.lock().unwrap().as_ref().expect("shared cluster stopped") as *const _;
@@ -72,4 +86,19 @@ pub fn assert_sql_error(client: &mut postgres::Client, sql: &str, code: &str, pa
 /// One value of the first row.
 pub fn one<T: for<'a> postgres::types::FromSql<'a>>(client: &mut postgres::Client, sql: &str) -> T {
     client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout`.
+#[track_caller]
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
