@@ -37,9 +37,20 @@ pub struct Recorded {
     pub retry_delay_sec: f64,
 }
 
-/// Whether the extension is installed in the worker's database.
+/// Whether the extension is installed in the worker's database. When it
+/// is, the transaction also holds a lock on it, so that a concurrent DROP
+/// EXTENSION waits for the round to finish instead of pulling the tables
+/// from under it.
 pub fn extension_installed() -> bool {
-    spi(Spi::get_one::<bool>("SELECT true FROM pg_catalog.pg_extension WHERE extname = 'pg_webhooks'")).unwrap_or(false)
+    unsafe {
+        let oid = pg_sys::get_extension_oid(c"pg_webhooks".as_ptr(), true);
+        if oid == pg_sys::Oid::INVALID {
+            return false;
+        }
+        pg_sys::LockDatabaseObject(pg_sys::ExtensionRelationId, oid, 0, pg_sys::AccessShareLock as i32);
+        // Dropped while we waited for the lock?
+        pg_sys::get_extension_oid(c"pg_webhooks".as_ptr(), true) == oid
+    }
 }
 
 /// Locks left by a worker that died: at start, every lock is stale.
