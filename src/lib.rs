@@ -41,8 +41,9 @@ static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    settings::register();
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    settings::register(preloading);
+    if preloading {
         PRELOADED.store(true, std::sync::atomic::Ordering::Relaxed);
         shmem::init();
         worker::register();

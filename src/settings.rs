@@ -12,7 +12,17 @@ pub static MAX_CONCURRENT_PER_TRIGGER: GucSetting<i32> = GucSetting::<i32>::new(
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static RESPONSE_BODY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 
-pub fn register() {
+/// Registers the settings. `webhooks.database` takes effect at server start
+/// only, and PostgreSQL refuses such a setting from a library loaded later,
+/// so it exists only when the library is preloaded.
+pub fn register(preloading: bool) {
+    if preloading {
+        register_database();
+    }
+    register_reloadable();
+}
+
+fn register_database() {
     GucRegistry::define_string_guc(
         c"webhooks.database",
         c"The database whose events the pg_webhooks worker delivers.",
@@ -21,6 +31,9 @@ pub fn register() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+}
+
+fn register_reloadable() {
     GucRegistry::define_int_guc(
         c"webhooks.batch_size",
         c"Events the worker claims per fetch.",

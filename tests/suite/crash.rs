@@ -83,6 +83,20 @@ fn immediate_shutdown_and_restart_loses_nothing() {
 }
 
 #[test]
+fn a_fast_restart_mid_stream_loses_nothing() {
+    let r = Receiver::start();
+    let (cluster, c) = start_stream(&r);
+    r.wait_for("/slow/2/stream", 300, WAIT);
+    drop(c);
+    // SIGTERM to the worker: it records what came back, releases the rest.
+    cluster.pg_ctl_stop("fast");
+    cluster.pg_ctl_start();
+    let duplicates = all_delivered(&cluster, &r);
+    eprintln!("fast restart: {duplicates} duplicate deliveries");
+    assert!(cluster.server_log().contains("pg_webhooks: delivery worker stopped"), "the worker stopped cleanly");
+}
+
+#[test]
 fn the_worker_survives_drop_extension_and_waits_for_it() {
     let r = Receiver::start();
     let cluster = Cluster::start("webhooks.poll_interval = '100ms'\n");
@@ -106,4 +120,9 @@ fn the_worker_survives_drop_extension_and_waits_for_it() {
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(worker(&mut c), before, "the worker neither crashed nor restarted");
     }
+    // Another database comes and goes.
+    c.batch_execute("CREATE DATABASE other").unwrap();
+    c.batch_execute("DROP DATABASE other").unwrap();
+    assert_eq!(worker(&mut c), before);
+    assert!(!cluster.server_log().contains("ERROR"), "{}", cluster.server_log());
 }

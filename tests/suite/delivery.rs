@@ -344,3 +344,15 @@ fn the_worker_is_visible_and_reloads_settings() {
     c.batch_execute("ALTER SYSTEM RESET webhooks.batch_size").unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
+
+#[test]
+fn large_responses_are_read_up_to_the_limit() {
+    let (r, mut c) = setup();
+    watch(&mut c, "d_big", &r.url("/big/x"), json!({}));
+    c.batch_execute("INSERT INTO d_big VALUES (1, 'x')").unwrap();
+    assert_eq!(settled(&mut c, "d_big"), vec![(true, false, 1, true)]);
+    let (status, _, response, _) = invocations(&mut c, "d_big").remove(0);
+    assert_eq!(status, Some(200));
+    assert_eq!(response["body"].as_str().unwrap().len(), 16 * 1024, "cut at webhooks.response_body_limit");
+    assert_eq!(response["body_truncated"], json!(true));
+}
