@@ -5,7 +5,7 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup build install test unit e2e demo clean
+.PHONY: all setup build install test unit demo bench bench-quick clean
 
 all: build
 
@@ -30,6 +30,15 @@ unit:
 
 demo: install
 	@bash scripts/demo.sh
+
+# The benchmark (docs/benchmarks.md): needs PgQ and wrk besides the rest.
+bench: export EXTRA_APT_PACKAGES = postgresql-15-pgq3 wrk
+bench: install
+	$(CARGO) run --release -p pg_webhooks_bench --bin pgwh-bench -- --out docs/benchmarks.md
+
+bench-quick: export EXTRA_APT_PACKAGES = postgresql-15-pgq3 wrk
+bench-quick: install
+	$(CARGO) run --release -p pg_webhooks_bench --bin pgwh-bench -- --quick
 
 clean:
 	$(CARGO) clean

@@ -10,6 +10,8 @@ CREATE TABLE webhooks.event_triggers (
     definition  jsonb NOT NULL,
     schema_name text GENERATED ALWAYS AS (definition #>> '{table,schema}') STORED,
     table_name  text GENERATED ALWAYS AS (definition #>> '{table,name}') STORED,
+    -- pause_event_trigger: capture goes on, delivery stops.
+    paused      boolean NOT NULL DEFAULT false,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );

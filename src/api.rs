@@ -48,6 +48,34 @@ fn invoke_event_trigger(name: Option<&str>, payload: Option<JsonB>) -> pgrx::Uui
     invoke(not_null("name", name), &not_null("payload", payload).0)
 }
 
+/// Stops delivery for one trigger; capture goes on.
+#[pg_extern(schema = "webhooks")]
+fn pause_event_trigger(name: Option<&str>) {
+    set_paused(not_null("name", name), true)
+}
+
+/// Restarts delivery for one trigger; its backlog flows.
+#[pg_extern(schema = "webhooks")]
+fn resume_event_trigger(name: Option<&str>) {
+    set_paused(not_null("name", name), false)
+}
+
+fn set_paused(name: &str, paused: bool) {
+    let owner = catalog::extension_owner();
+    let found = catalog::as_owner(owner, || {
+        spi(Spi::get_one_with_args::<bool>(
+            "UPDATE webhooks.event_triggers SET paused = $2 WHERE name OPERATOR(pg_catalog.=) $1 RETURNING true",
+            &[name.into(), paused.into()],
+        ))
+    });
+    if found.is_none() {
+        raise(unknown_trigger(name));
+    }
+    if !paused {
+        crate::wake::note_event_written();
+    }
+}
+
 /// Runs a Hasura API body: `{"type": ..., "args": ...}`, v1 or v2 names, or
 /// `bulk` (all or nothing). Answers as Hasura does.
 #[pg_extern(schema = "webhooks")]

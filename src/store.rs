@@ -62,10 +62,14 @@ pub fn release_stale_locks() -> i64 {
     .unwrap_or(0)
 }
 
-/// The definitions, with their last change, for the worker's cache.
+/// The definitions of triggers that are not paused, with their last
+/// change, for the worker's cache.
 pub fn definitions() -> Vec<(String, String, JsonB)> {
     Spi::connect(|c| {
-        let rows = spi(c.select("SELECT name, updated_at::text, definition FROM webhooks.event_triggers", None, &[]).map(Some))
+        let rows = spi(
+            c.select("SELECT name, updated_at::text, definition FROM webhooks.event_triggers WHERE NOT paused", None, &[])
+                .map(Some),
+        )
             .expect("select returns a table");
         rows.into_iter()
             .map(|r| {

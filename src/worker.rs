@@ -50,6 +50,10 @@ pub extern "C-unwind" fn pg_webhooks_worker_main(_arg: pg_sys::Datum) {
     worker.run();
     shared.unregister_worker();
     log!("pg_webhooks: delivery worker stopped");
+    // Exit code 1: the postmaster starts the worker again after the restart
+    // interval, unless the server is shutting down. So pg_terminate_backend()
+    // restarts the worker rather than stopping delivery for good.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// An attempt on its way, keyed by its tag.

@@ -356,3 +356,31 @@ fn large_responses_are_read_up_to_the_limit() {
     assert_eq!(response["body"].as_str().unwrap().len(), 16 * 1024, "cut at webhooks.response_body_limit");
     assert_eq!(response["body_truncated"], json!(true));
 }
+
+#[test]
+fn a_paused_trigger_captures_but_does_not_deliver_until_resumed() {
+    let (r, mut c) = setup();
+    watch(&mut c, "d_paused", &r.url("/ok/paused"), json!({}));
+    watch(&mut c, "d_paused_marker", &r.url("/ok/pmarker"), json!({}));
+    c.batch_execute("SELECT webhooks.pause_event_trigger('d_paused')").unwrap();
+    let paused: bool = one(&mut c, "SELECT paused FROM webhooks.event_triggers WHERE name = 'd_paused'");
+    assert!(paused);
+    c.batch_execute("INSERT INTO d_paused SELECT g, 'x' FROM generate_series(1, 5) g").unwrap();
+    c.batch_execute("INSERT INTO d_paused_marker VALUES (1, 'x')").unwrap();
+    r.wait_for("/ok/pmarker", 1, WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(r.received_on("/ok/paused").is_empty(), "nothing is delivered while paused");
+    assert_eq!(state(&mut c, "d_paused").len(), 5, "capture goes on");
+    // replace keeps the pause
+    c.execute(
+        "SELECT webhooks.create_event_trigger($1)",
+        &[&json!({"name": "d_paused", "table": "d_paused", "webhook": r.url("/ok/paused"), "insert": {"columns": "*"}, "replace": true})],
+    )
+    .unwrap();
+    assert!(one::<bool>(&mut c, "SELECT paused FROM webhooks.event_triggers WHERE name = 'd_paused'"));
+    c.batch_execute("SELECT webhooks.resume_event_trigger('d_paused')").unwrap();
+    r.wait_for("/ok/paused", 5, WAIT);
+    assert_eq!(settled(&mut c, "d_paused").len(), 5);
+    let e = pg_webhooks_tests::assert_sql_error(&mut c, "SELECT webhooks.pause_event_trigger('nope')", "42704", &["\"nope\""]);
+    assert!(e.hint.is_some());
+}

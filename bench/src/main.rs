@@ -1,0 +1,537 @@
+//! `make bench`: what users would compare, measured side by side in one run
+//! on one machine, reported as ratios. Writes docs/benchmarks.md.
+//!
+//! 1. Capture overhead: INSERT ... SELECT of 200,000 rows and pgbench
+//!    single-row INSERTs, on the same table with no trigger, a pg_webhooks
+//!    event trigger, a Hasura-style PL/pgSQL trigger and PgQ's C trigger.
+//! 2. Delivery throughput: a 100,000-event backlog to a fast local receiver,
+//!    against the raw request rate `wrk` gets from the same receiver.
+//! 3. Latency: 200 events/s, one committed row each, commit to receipt.
+//! 4. Backlog scale: 1,000,000 events: the rate, the worker's peak memory,
+//!    and the plan of the fetch.
+//!
+//! `pgwh-bench --quick` runs every part at a tenth of the size (a smoke test).
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use pg_webhooks_bench::FastReceiver;
+use pg_webhooks_tests::Cluster;
+use postgres::Client;
+use serde_json::json;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+struct Sizes {
+    bulk_rows: i64,
+    pgbench_secs: u32,
+    reps: usize,
+    backlog: i64,
+    big_backlog: i64,
+    latency_events: i64,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let out = std::env::args().skip_while(|a| a != "--out").nth(1);
+    let sizes = if quick {
+        Sizes { bulk_rows: 20_000, pgbench_secs: 3, reps: 1, backlog: 10_000, big_backlog: 100_000, latency_events: 200 }
+    } else {
+        Sizes { bulk_rows: 200_000, pgbench_secs: 10, reps: 3, backlog: 100_000, big_backlog: 1_000_000, latency_events: 2000 }
+    };
+    let started = Instant::now();
+    let receiver = FastReceiver::start(0);
+    let cluster = Cluster::start(
+        "synchronous_commit = off\nwebhooks.database = 'deliver'\nshared_buffers = '1GB'\n\
+         max_wal_size = '8GB'\ncheckpoint_timeout = '30min'\nmax_connections = 60\n",
+    );
+    let mut admin = cluster.connect("postgres");
+    admin.batch_execute("CREATE DATABASE capture").unwrap();
+    admin.batch_execute("CREATE DATABASE deliver").unwrap();
+
+    let mut report = String::new();
+    let capture = capture_overhead(&cluster, &sizes);
+    let delivery = delivery_runs(&cluster, &receiver, &sizes);
+    let latency = latency_run(&cluster, &receiver, &sizes);
+
+    writeln!(report, "## Results").unwrap();
+    report.push_str(&capture);
+    report.push_str(&delivery);
+    report.push_str(&latency);
+    writeln!(report, "\nThe whole run took {:.0} s.", started.elapsed().as_secs_f64()).unwrap();
+    println!("{report}");
+    if let Some(path) = out {
+        write_doc(&path, &report, quick);
+    }
+}
+
+// ---------------------------------------------------------------- capture
+
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    None,
+    PgWebhooks,
+    Hasura,
+    Pgq,
+}
+
+const VARIANTS: [Variant; 4] = [Variant::None, Variant::PgWebhooks, Variant::Hasura, Variant::Pgq];
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::None => "no trigger",
+            Variant::PgWebhooks => "pg_webhooks event trigger",
+            Variant::Hasura => "Hasura-style PL/pgSQL trigger",
+            Variant::Pgq => "PgQ `pgq.jsontriga`",
+        }
+    }
+}
+
+const USERS: &str = "DROP TABLE IF EXISTS users CASCADE;
+CREATE TABLE users (id bigserial PRIMARY KEY, username text, real_name text, email text, age int,
+                    created_at timestamptz DEFAULT now());";
+
+/// A trigger in the style of Hasura's own: per row, row_to_json of OLD/NEW
+/// and json_build_object, then a PL/pgSQL function that builds the payload
+/// and inserts it into an event table with a text uuid key and a fetch index
+/// like Hasura's.
+const HASURA_STYLE: &str = r#"
+CREATE SCHEMA IF NOT EXISTS hasura_style;
+DROP TABLE IF EXISTS hasura_style.event_log;
+CREATE TABLE hasura_style.event_log (
+    id text DEFAULT gen_random_uuid() PRIMARY KEY,
+    schema_name text NOT NULL, table_name text NOT NULL, trigger_name text NOT NULL,
+    payload jsonb NOT NULL, delivered boolean NOT NULL DEFAULT false, error boolean NOT NULL DEFAULT false,
+    tries int NOT NULL DEFAULT 0, created_at timestamp DEFAULT now(), locked timestamptz,
+    next_retry_at timestamp, archived boolean NOT NULL DEFAULT false);
+CREATE INDEX ON hasura_style.event_log (locked NULLS FIRST, next_retry_at NULLS FIRST, created_at)
+    WHERE delivered = false AND error = false AND archived = false;
+CREATE OR REPLACE FUNCTION hasura_style.insert_event_log(schema_name text, table_name text, trigger_name text, op text, row_data json)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    new_id text;
+    payload json;
+BEGIN
+    new_id := gen_random_uuid();
+    payload := json_build_object('op', op, 'data', row_data,
+                                 'session_variables', current_setting('hasura.user', true)::json,
+                                 'trace_context', current_setting('hasura.tracecontext', true)::json);
+    INSERT INTO hasura_style.event_log (id, schema_name, table_name, trigger_name, payload)
+    VALUES (new_id, schema_name, table_name, trigger_name, payload);
+    RETURN new_id;
+END $$;
+CREATE OR REPLACE FUNCTION hasura_style.notify_users() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    _old json;
+    _new json;
+BEGIN
+    IF TG_OP = 'INSERT' THEN _new := row_to_json(NEW);
+    ELSIF TG_OP = 'UPDATE' THEN _old := row_to_json(OLD); _new := row_to_json(NEW);
+    ELSE _old := row_to_json(OLD);
+    END IF;
+    PERFORM hasura_style.insert_event_log(TG_TABLE_SCHEMA, TG_TABLE_NAME, 'users_changed', TG_OP,
+                                          json_build_object('old', _old, 'new', _new));
+    RETURN NULL;
+END $$;
+CREATE TRIGGER notify_users AFTER INSERT OR UPDATE OR DELETE ON users
+    FOR EACH ROW EXECUTE FUNCTION hasura_style.notify_users();
+"#;
+
+fn prepare_variant(c: &mut Client, v: Variant) {
+    c.batch_execute(USERS).unwrap();
+    c.batch_execute("TRUNCATE webhooks.event_log").unwrap();
+    c.batch_execute("DELETE FROM webhooks.event_triggers").unwrap();
+    match v {
+        Variant::None => {}
+        Variant::PgWebhooks => {
+            c.execute(
+                "SELECT webhooks.create_event_trigger($1)",
+                &[&json!({"name": "users_changed", "table": "users", "webhook": "http://127.0.0.1:9/none",
+                          "insert": {"columns": "*"}, "update": {"columns": "*"}, "delete": {"columns": "*"}})],
+            )
+            .unwrap();
+        }
+        Variant::Hasura => c.batch_execute(HASURA_STYLE).unwrap(),
+        Variant::Pgq => {
+            c.batch_execute(
+                "SELECT pgq.drop_queue(queue_name, true) FROM pgq.queue WHERE queue_name = 'users_q';
+                 SELECT pgq.create_queue('users_q');
+                 CREATE TRIGGER users_pgq AFTER INSERT OR UPDATE OR DELETE ON users
+                     FOR EACH ROW EXECUTE FUNCTION pgq.jsontriga('users_q');",
+            )
+            .unwrap();
+        }
+    }
+    c.batch_execute("VACUUM ANALYZE; CHECKPOINT").unwrap();
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn capture_overhead(cluster: &Cluster, s: &Sizes) -> String {
+    eprintln!("== capture overhead");
+    let mut c = cluster.connect("capture");
+    // The worker serves another database: this measures capture alone.
+    c.batch_execute("CREATE EXTENSION pg_webhooks; CREATE EXTENSION pgq;").unwrap();
+    let insert = format!(
+        "INSERT INTO users (username, real_name, email, age)
+         SELECT 'user' || g, 'Real Name ' || g, 'user' || g || '@example.com', g % 90
+         FROM generate_series(1, {}) g",
+        s.bulk_rows
+    );
+    let mut bulk: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
+    for rep in 0..s.reps {
+        for (i, v) in VARIANTS.iter().enumerate() {
+            prepare_variant(&mut c, *v);
+            let t0 = Instant::now();
+            c.batch_execute(&insert).unwrap();
+            let secs = t0.elapsed().as_secs_f64();
+            eprintln!("  (a) rep {rep} {}: {secs:.3} s", v.label());
+            bulk[i].push(secs);
+        }
+    }
+    let script = std::env::temp_dir().join("pgwh_bench_insert.sql");
+    std::fs::write(
+        &script,
+        "\\set n random(1, 1000000000)\n\
+         INSERT INTO users (username, real_name, email, age) VALUES ('user' || :n, 'Real Name ' || :n, 'user' || :n || '@example.com', :n % 90);\n",
+    )
+    .unwrap();
+    let mut tps: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
+    for rep in 0..s.reps.min(2) {
+        for (i, v) in VARIANTS.iter().enumerate() {
+            prepare_variant(&mut c, *v);
+            let t = pgbench(cluster, &script, s.pgbench_secs);
+            eprintln!("  (b) rep {rep} {}: {t:.0} tps", v.label());
+            tps[i].push(t);
+        }
+    }
+    let base_a = median(bulk[0].clone());
+    let base_b = median(tps[0].clone());
+    let mut out = String::new();
+    writeln!(out, "\n### 1. Capture overhead\n").unwrap();
+    writeln!(
+        out,
+        "Table `users(id bigserial primary key, username text, real_name text, email text, age int, created_at timestamptz default now())`, \
+         `synchronous_commit = off`. (a) one `INSERT ... SELECT` of {} rows, median of {} runs; \
+         (b) `pgbench -c 2 -j 2 -T {}` of single-row INSERTs, median of {} runs. Variants run interleaved.\n",
+        s.bulk_rows,
+        s.reps,
+        s.pgbench_secs,
+        s.reps.min(2)
+    )
+    .unwrap();
+    writeln!(out, "| variant | (a) time | (a) vs no trigger | (b) tps | (b) vs no trigger |").unwrap();
+    writeln!(out, "|---|---|---|---|---|").unwrap();
+    for (i, v) in VARIANTS.iter().enumerate() {
+        let a = median(bulk[i].clone());
+        let b = median(tps[i].clone());
+        writeln!(out, "| {} | {:.3} s | {:.2}x | {:.0} | {:.2} |", v.label(), a, a / base_a, b, b / base_b).unwrap();
+    }
+    writeln!(out, "\nTargets for pg_webhooks: (a) at most 4x, (b) at least 0.85.").unwrap();
+    out
+}
+
+fn pgbench(cluster: &Cluster, script: &std::path::Path, secs: u32) -> f64 {
+    let out = Command::new(format!("{PG_BIN}/pgbench"))
+        .args(["-n", "-c", "2", "-j", "2", "-T", &secs.to_string(), "-f", script.to_str().unwrap()])
+        .args(["-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "postgres", "capture"])
+        .output()
+        .expect("running pgbench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("pgbench failed: {text}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+// ---------------------------------------------------------------- delivery
+
+fn worker_pid(c: &mut Client) -> i32 {
+    for _ in 0..200 {
+        if let Some(r) = c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_webhooks'", &[]).unwrap() {
+            return r.get(0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no worker");
+}
+
+/// Restarts the worker, so that its peak memory counts from this run.
+fn fresh_worker(c: &mut Client) -> i32 {
+    let old = worker_pid(c);
+    c.execute("SELECT pg_terminate_backend($1)", &[&old]).unwrap();
+    for _ in 0..400 {
+        let pid = worker_pid(c);
+        if pid != old {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("the worker did not restart");
+}
+
+/// VmHWM (peak resident set) of a process, in MB.
+fn peak_rss_mb(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+struct Drain {
+    events: i64,
+    secs: f64,
+    rate: f64,
+    peak_mb: f64,
+    logs: i64,
+}
+
+/// Fills a paused trigger's backlog, resumes it, and times the drain.
+fn drain(c: &mut Client, r: &FastReceiver, events: i64) -> Drain {
+    c.batch_execute("TRUNCATE webhooks.event_log, webhooks.event_invocation_logs").unwrap();
+    c.batch_execute("SELECT webhooks.pause_event_trigger('bench')").unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO d (username, real_name, email, age)
+         SELECT 'user' || g, 'Real Name ' || g, 'user' || g || '@example.com', g % 90 FROM generate_series(1, {events}) g"
+    ))
+    .unwrap();
+    c.batch_execute("VACUUM ANALYZE webhooks.event_log; CHECKPOINT").unwrap();
+    let pid = fresh_worker(c);
+    let before = r.count.load(Ordering::SeqCst);
+    let t0 = Instant::now();
+    c.batch_execute("SELECT webhooks.resume_event_trigger('bench')").unwrap();
+    let mut peak: f64 = 0.0;
+    while r.count.load(Ordering::SeqCst) - before < events as u64 {
+        peak = peak.max(peak_rss_mb(pid));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(t0.elapsed() < Duration::from_secs(1800), "the drain takes too long");
+    }
+    loop {
+        let left: i64 = c.query_one("SELECT count(*) FROM webhooks.event_log WHERE NOT delivered", &[]).unwrap().get(0);
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    peak = peak.max(peak_rss_mb(pid));
+    let logs: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT event_id) FROM webhooks.event_invocation_logs WHERE status = 200",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(logs, events, "every event has its invocation log");
+    Drain { events, secs, rate: events as f64 / secs, peak_mb: peak, logs }
+}
+
+fn wrk(r: &FastReceiver, body: &str, connections: usize, secs: u32) -> f64 {
+    let script = std::env::temp_dir().join("pgwh_bench_post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = {}\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+            serde_json::Value::String(body.to_string())
+        ),
+    )
+    .unwrap();
+    let out = Command::new("wrk")
+        .args(["-t", "2", "-c", &connections.to_string(), "-d", &format!("{secs}s"), "-s", script.to_str().unwrap()])
+        .arg(r.url())
+        .output()
+        .expect("running wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("wrk failed: {text}"))
+}
+
+fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
+    eprintln!("== delivery throughput");
+    let mut c = cluster.connect("deliver");
+    c.batch_execute(
+        "CREATE EXTENSION pg_webhooks;
+         CREATE TABLE d (id bigserial PRIMARY KEY, username text, real_name text, email text, age int,
+                         created_at timestamptz DEFAULT now());",
+    )
+    .unwrap();
+    c.execute(
+        "SELECT webhooks.create_event_trigger($1)",
+        &[&json!({"name": "bench", "table": "d", "webhook": r.url(), "insert": {"columns": "*"}})],
+    )
+    .unwrap();
+    let concurrency: i64 = c.query_one("SELECT current_setting('webhooks.max_concurrent_deliveries')::int8", &[]).unwrap().get(0);
+    let batch: i64 = c.query_one("SELECT current_setting('webhooks.batch_size')::int8", &[]).unwrap().get(0);
+
+    let small = drain(&mut c, r, s.backlog);
+    eprintln!("  {} events in {:.1} s: {:.0}/s, peak {:.1} MB", small.events, small.secs, small.rate, small.peak_mb);
+    // A body of the size the worker sends.
+    let sample: String = c
+        .query_one(
+            "SELECT request->>'payload' FROM webhooks.event_invocation_logs LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let raw = wrk(r, &sample, concurrency as usize, s.pgbench_secs.max(5));
+    eprintln!("  wrk: {raw:.0} requests/s");
+
+    eprintln!("== backlog scale");
+    let big = drain(&mut c, r, s.big_backlog);
+    eprintln!("  {} events in {:.1} s: {:.0}/s, peak {:.1} MB", big.events, big.secs, big.rate, big.peak_mb);
+    // The fetch's plan with the big backlog in place (refilled, paused).
+    c.batch_execute("SELECT webhooks.pause_event_trigger('bench')").unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO d (username, real_name, email, age) SELECT 'u', 'r', 'e', 1 FROM generate_series(1, {})",
+        s.big_backlog
+    ))
+    .unwrap();
+    let plan: Vec<String> = c
+        .query(
+            "EXPLAIN SELECT e.id FROM webhooks.event_log e
+             WHERE e.trigger_name = 'bench' AND NOT e.delivered AND NOT e.error AND NOT e.archived
+               AND e.locked IS NULL AND e.next_retry_at <= now()
+             ORDER BY e.next_retry_at, e.id LIMIT 200 FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    c.batch_execute("DELETE FROM webhooks.event_triggers WHERE name = 'bench'").unwrap();
+
+    let mut out = String::new();
+    writeln!(out, "\n### 2. Delivery throughput\n").unwrap();
+    writeln!(
+        out,
+        "A backlog of {} events for one trigger (paused while it fills, then resumed), to an in-process Rust receiver \
+         that answers 200 at once on kept-alive connections. Worker settings: `webhooks.max_concurrent_deliveries = {concurrency}`, \
+         `webhooks.batch_size = {batch}`. Every event ended delivered with its invocation log ({} logs). The ceiling is \
+         `wrk -t 2 -c {concurrency}` POSTing a {}-byte body, the size the worker sends, to the same receiver in the same run.\n",
+        small.events,
+        small.logs,
+        sample.len()
+    )
+    .unwrap();
+    writeln!(out, "| measure | value |\n|---|---|").unwrap();
+    writeln!(out, "| worker, {} events | {:.0} events/s ({:.1} s) |", small.events, small.rate, small.secs).unwrap();
+    writeln!(out, "| wrk, raw | {raw:.0} requests/s |").unwrap();
+    writeln!(out, "| ratio | **{:.2}** of the raw rate (target: at least 0.2) |", small.rate / raw).unwrap();
+    writeln!(out, "| worker peak RSS | {:.1} MB |", small.peak_mb).unwrap();
+
+    writeln!(out, "\n### 4. Backlog scale\n").unwrap();
+    writeln!(out, "| measure | value |\n|---|---|").unwrap();
+    writeln!(out, "| worker, {} events | {:.0} events/s ({:.1} s) |", big.events, big.rate, big.secs).unwrap();
+    writeln!(
+        out,
+        "| vs {} events | **{:.2}** (target: within 20%, i.e. at least 0.80) |",
+        small.events,
+        big.rate / small.rate
+    )
+    .unwrap();
+    writeln!(out, "| worker peak RSS | **{:.1} MB** (target: under 64 MB) |", big.peak_mb).unwrap();
+    writeln!(out, "\nThe fetch with {} events pending:\n\n```text\n{}\n```", s.big_backlog, plan.join("\n")).unwrap();
+    out
+}
+
+// ---------------------------------------------------------------- latency
+
+fn latency_run(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
+    eprintln!("== latency");
+    let mut c = cluster.connect("deliver");
+    c.batch_execute("CREATE TABLE lat (id bigint PRIMARY KEY, v text)").unwrap();
+    c.execute(
+        "SELECT webhooks.create_event_trigger($1)",
+        &[&json!({"name": "lat", "table": "lat", "webhook": r.url(), "insert": {"columns": "*"}})],
+    )
+    .unwrap();
+    let stmt = c.prepare("INSERT INTO lat VALUES ($1, 'x')").unwrap();
+    r.arrivals.lock().unwrap().clear();
+    r.record_arrivals.store(true, Ordering::SeqCst);
+    let period = Duration::from_millis(5);
+    let start = Instant::now();
+    let mut sent: Vec<(Instant, Instant)> = Vec::with_capacity(s.latency_events as usize);
+    for i in 0..s.latency_events {
+        let due = start + period * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let before = Instant::now();
+        c.execute(&stmt, &[&(i + 1)]).unwrap();
+        sent.push((before, Instant::now()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (r.arrivals.lock().unwrap().len() as i64) < s.latency_events && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    r.record_arrivals.store(false, Ordering::SeqCst);
+    let arrivals = r.arrivals.lock().unwrap().clone();
+    let mut from_ack = Vec::new();
+    let mut from_send = Vec::new();
+    for (id, at) in arrivals {
+        let (before, ack) = sent[(id - 1) as usize];
+        from_ack.push(at.saturating_duration_since(ack).as_secs_f64() * 1000.0);
+        from_send.push(at.saturating_duration_since(before).as_secs_f64() * 1000.0);
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[((v.len() as f64 - 1.0) * p).round() as usize]
+    };
+    let n = from_ack.len();
+    let (a50, a99, amax) = (pct(&mut from_ack, 0.5), pct(&mut from_ack, 0.99), pct(&mut from_ack, 1.0));
+    let (s50, s99) = (pct(&mut from_send, 0.5), pct(&mut from_send, 0.99));
+    eprintln!("  p50 {a50:.2} ms, p99 {a99:.2} ms");
+    let mut out = String::new();
+    writeln!(out, "\n### 3. Latency\n").unwrap();
+    writeln!(
+        out,
+        "{} single-row INSERTs, each its own transaction, at a steady 200/s; the receiver notes when each request arrives \
+         ({} arrived). \"From commit\" counts from the moment the COMMIT's acknowledgement reached the client (a request that \
+         arrived earlier counts as 0); \"from INSERT sent\" counts from before the statement was sent, an upper bound.\n",
+        s.latency_events, n
+    )
+    .unwrap();
+    writeln!(out, "| measure | p50 | p99 | max |\n|---|---|---|---|").unwrap();
+    writeln!(out, "| from commit | **{a50:.2} ms** | **{a99:.2} ms** | {amax:.2} ms |").unwrap();
+    writeln!(out, "| from INSERT sent | {s50:.2} ms | {s99:.2} ms | |").unwrap();
+    writeln!(out, "\nTargets: p50 at most 2 ms, p99 at most 10 ms.").unwrap();
+    out
+}
+
+// ---------------------------------------------------------------- report
+
+fn write_doc(path: &str, results: &str, quick: bool) {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let previous = std::fs::read_to_string(path).unwrap_or_default();
+    let analysis = previous
+        .split_once("<!-- analysis -->")
+        .map(|(_, a)| a.to_string())
+        .unwrap_or_else(|| "\n## Analysis\n\n(to be written)\n".to_string());
+    let doc = format!(
+        "# Benchmarks\n\nCommand: `make bench`{}. Date: {date}. Commit: `{commit}`. Machine: {cpus} cores, shared and noisy, \
+         so every figure below is a ratio between things measured in the same run.\n\n{results}\n<!-- analysis -->{analysis}",
+        if quick { " (quick mode)" } else { "" }
+    );
+    std::fs::write(path, doc).unwrap();
+    eprintln!("wrote {path}");
+}
