@@ -5,7 +5,7 @@
 //! It exists only when the library is in shared_preload_libraries; every
 //! accessor copes with its absence.
 
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use pgrx::prelude::*;
 
@@ -22,6 +22,8 @@ pub struct WorkerShared {
     pub failed: AtomicU64,
     /// Wake-ups asked for by committing backends.
     pub wake_requests: AtomicU64,
+    /// The database the worker serves: commits elsewhere do not wake it.
+    database: AtomicU32,
 }
 
 static mut SHARED: *mut WorkerShared = std::ptr::null_mut();
@@ -66,6 +68,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             wake_requests: AtomicU64::new(0),
+            database: AtomicU32::new(0),
         });
     }
     SHARED = ptr;
@@ -80,6 +83,9 @@ pub fn shared() -> Option<&'static WorkerShared> {
 /// SetLatch, none of which can fail.
 pub fn wake_worker() {
     if let Some(s) = shared() {
+        if s.database.load(Ordering::Relaxed) != unsafe { pg_sys::MyDatabaseId }.to_u32() {
+            return;
+        }
         s.wake_requests.fetch_add(1, Ordering::Relaxed);
         let latch = s.latch.load(Ordering::Acquire);
         if !latch.is_null() {
@@ -95,6 +101,7 @@ impl WorkerShared {
             self.latch.store(pg_sys::MyLatch, Ordering::Release);
             self.pid.store(pg_sys::MyProcPid, Ordering::Relaxed);
             self.started_at.store(pg_sys::GetCurrentTimestamp(), Ordering::Relaxed);
+            self.database.store(pg_sys::MyDatabaseId.to_u32(), Ordering::Relaxed);
         }
         self.in_flight.store(0, Ordering::Relaxed);
         self.delivered.store(0, Ordering::Relaxed);

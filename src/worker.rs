@@ -13,7 +13,7 @@ use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -56,7 +56,8 @@ pub extern "C-unwind" fn pg_webhooks_worker_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// An attempt on its way, keyed by its tag.
+/// A claimed event, keyed by its tag, from its claim until its result is
+/// recorded.
 struct InFlight {
     event_id: pgrx::Uuid,
     trigger: String,
@@ -66,27 +67,31 @@ struct InFlight {
     request_log: String,
 }
 
+
+/// Outcomes are recorded when this many have piled up ...
+fn flush_at() -> usize {
+    (settings::BATCH_SIZE.get().max(2) / 2) as usize
+}
+/// ... or when the oldest has waited this long.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+
 struct Worker {
     shared: &'static WorkerShared,
     pool: Pool,
     wake_fd: RawFd,
     in_flight: HashMap<u64, InFlight>,
-    per_trigger: HashMap<String, usize>,
-    /// Attempts that failed before any HTTP (a missing environment variable).
-    early: Vec<Outcome>,
+    /// Per trigger: a claim may find more. Set by wake-ups, cleared by a
+    /// claim that came back short.
+    maybe_more: HashMap<String, bool>,
+    /// Outcomes not yet recorded, and when the oldest arrived.
+    pending: Vec<Outcome>,
+    oldest_pending: Option<Instant>,
+    /// When the next retry falls due, if no claim is pending anyway.
+    next_due: Option<Instant>,
     definitions: HashMap<String, (String, Definition)>,
     next_tag: u64,
     /// The extension is installed and stale locks were released.
     ready: bool,
-}
-
-/// What a round leaves to do after its commit.
-struct RoundResult {
-    attempts: Vec<Attempt>,
-    /// Go round again at once: a claim came back full.
-    more: bool,
-    /// Seconds until the next event is due, if known.
-    next_due: Option<f64>,
 }
 
 impl Worker {
@@ -99,18 +104,26 @@ impl Worker {
         let client = Client::new(settings::RESPONSE_BODY_LIMIT.get().max(0) as usize);
         Worker {
             shared,
-            pool: Pool::new(settings::max_concurrent(), client, notify),
+            pool: Pool::new(settings::max_concurrent(), settings::max_concurrent_per_trigger(), client, notify),
             wake_fd: read_fd,
             in_flight: HashMap::new(),
-            per_trigger: HashMap::new(),
-            early: Vec::new(),
+            maybe_more: HashMap::new(),
+            pending: Vec::new(),
+            oldest_pending: None,
+            next_due: None,
             definitions: HashMap::new(),
             next_tag: 1,
             ready: false,
         }
     }
 
+    /// The main loop. The pool's threads take queued attempts themselves;
+    /// outcomes pile up to be recorded in batches. A database round (record,
+    /// then claim) runs when something may be due (latch, timeout), when a
+    /// trigger's queue runs low, or when enough outcomes wait.
     fn run(&mut self) {
+        let mut woken = true;
+        self.pool.configure(settings::max_concurrent_per_trigger(), flush_at());
         loop {
             if BackgroundWorker::sigterm_received() {
                 self.shutdown();
@@ -119,59 +132,95 @@ impl Worker {
             if BackgroundWorker::sighup_received() {
                 unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
                 self.pool.grow(settings::max_concurrent());
+                self.pool.configure(settings::max_concurrent_per_trigger(), flush_at());
+                woken = true;
             }
-            let mut outcomes = std::mem::take(&mut self.early);
-            outcomes.extend(self.pool.outcomes());
-            // An ERROR ends the process (the postmaster restarts it), so no state
-            // survives a failed transaction.
-            let round = BackgroundWorker::transaction(AssertUnwindSafe(|| self.round(outcomes)));
-            for a in round.attempts {
-                self.pool.submit(a);
+            if woken {
+                for more in self.maybe_more.values_mut() {
+                    *more = true;
+                }
+            }
+            self.collect();
+            let lane_low = self.definitions.keys().any(|t| self.wants_more(t));
+            let flush = self.pending.len() >= flush_at() || self.oldest_pending.is_some_and(|t| t.elapsed() >= FLUSH_AFTER);
+            let retry_due = self.next_due.is_some_and(|t| Instant::now() >= t);
+            if woken || lane_low || flush || retry_due {
+                // An ERROR ends the process (the postmaster restarts it), so
+                // no state survives a failed transaction.
+                BackgroundWorker::transaction(AssertUnwindSafe(|| self.round()));
             }
             self.shared.in_flight.store(self.in_flight.len() as i64, Ordering::Relaxed);
-            if round.more || !self.early.is_empty() {
-                continue;
+
+            let mut timeout = Duration::from_millis(settings::POLL_INTERVAL_MS.get().max(1) as u64);
+            if let Some(t) = self.oldest_pending {
+                timeout = timeout.min(FLUSH_AFTER.saturating_sub(t.elapsed()));
             }
-            let poll = Duration::from_millis(settings::POLL_INTERVAL_MS.get().max(1) as u64);
-            let timeout = match round.next_due {
-                Some(s) if s <= 0.0 => Duration::from_millis(1),
-                Some(s) => Duration::from_secs_f64(s).min(poll),
-                None => poll,
-            };
-            self.wait(timeout);
+            if let Some(t) = self.next_due {
+                timeout = timeout.min(t.saturating_duration_since(Instant::now()));
+            }
+            let more_now = self.definitions.keys().any(|t| self.wants_more(t));
+            woken = if more_now { true } else { self.wait(timeout) };
         }
     }
 
-    fn wait(&mut self, timeout: Duration) {
+    /// Sleeps until the latch, an outcome, or the timeout. True when the
+    /// latch was set or the time ran out: new events may be due.
+    fn wait(&mut self, timeout: Duration) -> bool {
         let events = pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
-        unsafe {
-            pg_sys::WaitLatchOrSocket(
+        let rc = unsafe {
+            let rc = pg_sys::WaitLatchOrSocket(
                 pg_sys::MyLatch,
                 events as i32,
                 self.wake_fd,
-                timeout.as_millis().clamp(1, i64::MAX as u128) as i64,
+                timeout.as_millis().clamp(0, i64::MAX as u128) as i64,
                 pg_sys::PG_WAIT_EXTENSION,
             );
             pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
+            rc
+        };
         drain(self.wake_fd);
         self.shared.last_wakeup.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
         pgrx::check_for_interrupts!();
+        rc & (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT) as i32 != 0
     }
 
-    /// One transaction: record outcomes, then claim what the free slots allow.
-    fn round(&mut self, outcomes: Vec<Outcome>) -> RoundResult {
-        let idle = RoundResult { attempts: Vec::new(), more: false, next_due: None };
+    /// Takes the outcomes that arrived.
+    fn collect(&mut self) {
+        let outcomes = self.pool.outcomes();
+        if !outcomes.is_empty() {
+            self.oldest_pending.get_or_insert_with(Instant::now);
+            self.pending.extend(outcomes);
+        }
+    }
+
+    /// How many more events of `trigger` the pool should get: it keeps a
+    /// batch queued beyond what is on the wire.
+    fn room(&self, trigger: &str) -> usize {
+        let target = settings::BATCH_SIZE.get().max(1) as usize + settings::max_concurrent_per_trigger();
+        target.saturating_sub(self.pool.load(trigger))
+    }
+
+    /// Whether a claim for `trigger` is worth a round now: more may be due
+    /// and its queue is down to half a batch.
+    fn wants_more(&self, trigger: &str) -> bool {
+        self.maybe_more.get(trigger).copied().unwrap_or(true)
+            && self.room(trigger) * 2 >= settings::BATCH_SIZE.get().max(1) as usize
+    }
+
+    /// One transaction: record outcomes, then claim what the lanes can take.
+    fn round(&mut self) {
         if !store::extension_installed() {
             if self.ready {
                 log!("pg_webhooks: the extension is not installed in this database; waiting for CREATE EXTENSION");
             }
             self.ready = false;
-            // Whatever was in flight belongs to a dropped extension.
+            // Whatever was claimed belongs to a dropped extension.
             self.in_flight.clear();
-            self.per_trigger.clear();
+            self.maybe_more.clear();
+            self.pending.clear();
+            self.oldest_pending = None;
             self.definitions.clear();
-            return idle;
+            return;
         }
         if !self.ready {
             Spi::run("SET search_path = pg_catalog, pg_temp").expect("setting search_path");
@@ -182,35 +231,52 @@ impl Worker {
             self.ready = true;
         }
 
+        let outcomes = std::mem::take(&mut self.pending);
+        self.oldest_pending = None;
         self.record(outcomes);
         self.refresh_definitions();
 
-        let cap = settings::max_concurrent_per_trigger();
-        let batch = settings::BATCH_SIZE.get().max(1) as usize;
+        // Deleted or paused triggers: what waits in the queue is released,
+        // not sent.
+        let gone: Vec<String> = self.maybe_more.keys().filter(|t| !self.definitions.contains_key(*t)).cloned().collect();
+        let mut released = Vec::new();
+        for t in gone {
+            for a in self.pool.withdraw(&t) {
+                if let Some(f) = self.in_flight.remove(&a.tag) {
+                    released.push(f.event_id);
+                }
+            }
+            self.maybe_more.remove(&t);
+        }
+        store::unlock(released);
+
         let mut names = Vec::new();
         let mut limits = Vec::new();
         for name in self.definitions.keys() {
-            let busy = self.per_trigger.get(name).copied().unwrap_or(0);
-            let n = cap.saturating_sub(busy).min(batch);
-            if n > 0 {
+            let more = *self.maybe_more.entry(name.clone()).or_insert(true);
+            let room = self.room(name);
+            if more && room > 0 {
                 names.push(name.clone());
-                limits.push(n as i32);
+                limits.push(room as i32);
             }
         }
         let claimed = store::claim(names.clone(), limits.clone());
-        let mut got: HashMap<&str, usize> = HashMap::new();
-        for c in &claimed {
-            *got.entry(c.trigger.as_str()).or_default() += 1;
-        }
-        let more = names.iter().zip(&limits).any(|(n, l)| got.get(n.as_str()).copied().unwrap_or(0) >= *l as usize);
-        let mut attempts = Vec::with_capacity(claimed.len());
+        let mut got: HashMap<String, usize> = HashMap::new();
         for event in claimed {
-            if let Some(a) = self.prepare(event) {
-                attempts.push(a);
-            }
+            *got.entry(event.trigger.clone()).or_default() += 1;
+            self.prepare(event);
         }
-        let next_due = if more { None } else { store::seconds_until_next_due(names) };
-        RoundResult { attempts, more, next_due }
+        for (name, limit) in names.iter().zip(&limits) {
+            self.maybe_more.insert(name.clone(), got.get(name).copied().unwrap_or(0) >= *limit as usize);
+        }
+        // Nothing more to claim now: sleep until the next retry falls due.
+        let all_drained = self.maybe_more.values().all(|m| !m);
+        self.next_due = if all_drained {
+            store::seconds_until_next_due(self.definitions.keys().cloned().collect())
+                .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)))
+        } else {
+            None
+        };
     }
 
     fn refresh_definitions(&mut self) {
@@ -230,11 +296,11 @@ impl Worker {
         self.definitions.retain(|name, _| seen.contains(name));
     }
 
-    /// Builds the HTTP attempt for a claimed event.
-    fn prepare(&mut self, event: store::Claimed) -> Option<Attempt> {
+    /// Builds the HTTP attempt for a claimed event and queues it in its lane.
+    fn prepare(&mut self, event: store::Claimed) {
         let Some((_, def)) = self.definitions.get(&event.trigger) else {
             // Claimed by name from the definitions just read: cannot happen.
-            return None;
+            return;
         };
         let tag = self.next_tag;
         self.next_tag += 1;
@@ -295,24 +361,14 @@ impl Worker {
                 request_log,
             },
         );
-        *self.per_trigger.entry(event.trigger).or_default() += 1;
         if let Some(error) = missing {
-            self.early.push(Outcome {
-                tag,
-                response: None,
-                error: Some(error),
-                started: SystemTime::now(),
-                duration: Duration::ZERO,
-            });
-            return None;
+            // Fails without a request; recorded with the next outcomes.
+            self.oldest_pending.get_or_insert_with(Instant::now);
+            self.pending.push(Outcome { tag, response: None, error: Some(error), started: SystemTime::now(), duration: Duration::ZERO });
+            return;
         }
-        Some(Attempt {
-            tag,
-            url: url.expect("checked above"),
-            headers,
-            body,
-            timeout: Duration::from_secs(def.retry_conf.timeout_sec.max(1) as u64),
-        })
+        let timeout = Duration::from_secs(def.retry_conf.timeout_sec.max(1) as u64);
+        self.pool.submit(&event.trigger, Attempt { tag, url: url.expect("checked above"), headers, body, timeout });
     }
 
     /// Turns outcomes into verdicts and writes them.
@@ -320,9 +376,6 @@ impl Worker {
         let mut rows = Vec::with_capacity(outcomes.len());
         for o in outcomes {
             let Some(f) = self.in_flight.remove(&o.tag) else { continue };
-            if let Some(n) = self.per_trigger.get_mut(&f.trigger) {
-                *n = n.saturating_sub(1);
-            }
             let status = o.status();
             let retry_after = o
                 .response
@@ -373,18 +426,19 @@ impl Worker {
         store::record(rows);
     }
 
-    /// On SIGTERM: record what has come back within a short grace period,
-    /// and release the rest so that they are delivered again.
+    /// On SIGTERM: record what comes back within a short grace period, and
+    /// release the rest (queued or still on the wire) so that it is
+    /// delivered again.
     fn shutdown(&mut self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        let mut outcomes = std::mem::take(&mut self.early);
-        while outcomes.len() < self.in_flight.len() && std::time::Instant::now() < deadline {
-            match self.pool.wait_outcome(Duration::from_millis(50)) {
-                Some(o) => outcomes.push(o),
-                None => continue,
-            }
+        let lanes: Vec<String> = self.maybe_more.keys().cloned().collect();
+        for t in lanes {
+            self.pool.withdraw(&t);
         }
-        outcomes.extend(self.pool.outcomes());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.pool.running() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.collect();
         if !self.ready {
             return;
         }
@@ -392,10 +446,11 @@ impl Worker {
             if !store::extension_installed() {
                 return;
             }
+            let outcomes = std::mem::take(&mut self.pending);
             self.record(outcomes);
             let rest: Vec<pgrx::Uuid> = self.in_flight.values().map(|f| f.event_id).collect();
             if !rest.is_empty() {
-                log!("pg_webhooks: stopping with {} deliveries in flight; they will be delivered again", rest.len());
+                log!("pg_webhooks: stopping with {} deliveries claimed; they will be delivered again", rest.len());
             }
             store::unlock(rest);
         }));

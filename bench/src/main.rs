@@ -165,7 +165,8 @@ fn prepare_variant(c: &mut Client, v: Variant) {
             .unwrap();
         }
     }
-    c.batch_execute("VACUUM ANALYZE; CHECKPOINT").unwrap();
+    c.batch_execute("VACUUM ANALYZE").unwrap();
+    c.batch_execute("CHECKPOINT").unwrap();
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -306,7 +307,8 @@ fn drain(c: &mut Client, r: &FastReceiver, events: i64) -> Drain {
          SELECT 'user' || g, 'Real Name ' || g, 'user' || g || '@example.com', g % 90 FROM generate_series(1, {events}) g"
     ))
     .unwrap();
-    c.batch_execute("VACUUM ANALYZE webhooks.event_log; CHECKPOINT").unwrap();
+    c.batch_execute("VACUUM ANALYZE webhooks.event_log").unwrap();
+    c.batch_execute("CHECKPOINT").unwrap();
     let pid = fresh_worker(c);
     let before = r.count.load(Ordering::SeqCst);
     let t0 = Instant::now();

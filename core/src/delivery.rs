@@ -7,8 +7,8 @@
 //! PostgreSQL's signal handlers always run on the main thread.
 
 use std::io::Read;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
@@ -122,6 +122,10 @@ impl Client {
             .max_idle_connections(256)
             .max_idle_connections_per_host(256)
             .no_delay(true)
+            // Requests and answers are small: buffers under malloc's mmap
+            // threshold avoid an mmap/munmap per connection.
+            .input_buffer_size(32 * 1024)
+            .output_buffer_size(16 * 1024)
             .build()
             .new_agent();
         Client { agent, max_body }
@@ -176,33 +180,78 @@ fn describe_error(e: ureq::Error) -> String {
     }
 }
 
-/// Threads that make attempts concurrently. Attempts go in through
-/// [`Pool::submit`]; outcomes come out of [`Pool::outcomes`], and `notify`
-/// runs after each one is queued (the worker writes to a pipe its main
-/// thread waits on).
+/// Threads that make attempts concurrently. Attempts are submitted to a
+/// lane (one per event trigger); at most `per_lane` attempts of one lane are
+/// on the wire at once, so one slow webhook cannot take every thread, and
+/// lanes take turns. Threads pick the next attempt themselves: the caller
+/// only hands work over and collects outcomes.
+///
+/// `notify` runs when an outcome arrives while none were waiting (the worker
+/// writes to a pipe its main thread waits on), and again each time
+/// `notify_every` more have piled up.
 pub struct Pool {
-    jobs: Option<Sender<Attempt>>,
-    job_rx: Arc<Mutex<Receiver<Attempt>>>,
-    out_tx: Sender<Outcome>,
-    outcomes: Receiver<Outcome>,
+    shared: Arc<(Mutex<PoolState>, Condvar)>,
     client: Client,
     notify: Arc<dyn Fn() + Send + Sync>,
     threads: usize,
 }
 
+struct PoolState {
+    lanes: Vec<LaneState>,
+    /// Where the next search for work starts, so lanes take turns.
+    next_lane: usize,
+    per_lane: usize,
+    notify_every: usize,
+    outcomes: Vec<Outcome>,
+    closed: bool,
+}
+
+struct LaneState {
+    name: String,
+    queued: VecDeque<Attempt>,
+    running: usize,
+}
+
+impl PoolState {
+    fn lane(&mut self, name: &str) -> &mut LaneState {
+        match self.lanes.iter().position(|l| l.name == name) {
+            Some(i) => &mut self.lanes[i],
+            None => {
+                self.lanes.push(LaneState { name: name.to_string(), queued: VecDeque::new(), running: 0 });
+                self.lanes.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    /// The next attempt a thread may send, with its lane's index.
+    fn take(&mut self) -> Option<(usize, Attempt)> {
+        let n = self.lanes.len();
+        for k in 0..n {
+            let i = (self.next_lane + k) % n;
+            let lane = &mut self.lanes[i];
+            if lane.running < self.per_lane {
+                if let Some(a) = lane.queued.pop_front() {
+                    lane.running += 1;
+                    self.next_lane = (i + 1) % n;
+                    return Some((i, a));
+                }
+            }
+        }
+        None
+    }
+}
+
 impl Pool {
-    pub fn new(threads: usize, client: Client, notify: Arc<dyn Fn() + Send + Sync>) -> Pool {
-        let (job_tx, job_rx) = mpsc::channel::<Attempt>();
-        let (out_tx, out_rx) = mpsc::channel::<Outcome>();
-        let mut pool = Pool {
-            jobs: Some(job_tx),
-            job_rx: Arc::new(Mutex::new(job_rx)),
-            out_tx,
-            outcomes: out_rx,
-            client,
-            notify,
-            threads: 0,
+    pub fn new(threads: usize, per_lane: usize, client: Client, notify: Arc<dyn Fn() + Send + Sync>) -> Pool {
+        let state = PoolState {
+            lanes: Vec::new(),
+            next_lane: 0,
+            per_lane: per_lane.max(1),
+            notify_every: 64,
+            outcomes: Vec::new(),
+            closed: false,
         };
+        let mut pool = Pool { shared: Arc::new((Mutex::new(state), Condvar::new())), client, notify, threads: 0 };
         pool.grow(threads.max(1));
         pool
     }
@@ -210,25 +259,43 @@ impl Pool {
     /// Adds threads until there are `threads` of them.
     pub fn grow(&mut self, threads: usize) {
         while self.threads < threads {
-            let job_rx = self.job_rx.clone();
-            let out_tx = self.out_tx.clone();
+            let shared = self.shared.clone();
             let client = self.client.clone();
             let notify = self.notify.clone();
             std::thread::Builder::new()
                 .name(format!("pg_webhooks-http-{}", self.threads))
                 .spawn(move || {
                     block_all_signals();
+                    let (lock, cv) = &*shared;
                     loop {
-                        let job = match job_rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => return,
+                        let (lane, job) = {
+                            let Ok(mut st) = lock.lock() else { return };
+                            loop {
+                                if st.closed {
+                                    return;
+                                }
+                                if let Some(work) = st.take() {
+                                    break work;
+                                }
+                                st = match cv.wait(st) {
+                                    Ok(g) => g,
+                                    Err(_) => return,
+                                };
+                            }
                         };
-                        let Ok(job) = job else { return };
                         let outcome = client.send(&job);
-                        if out_tx.send(outcome).is_err() {
-                            return;
+                        let wake = {
+                            let Ok(mut st) = lock.lock() else { return };
+                            st.lanes[lane].running -= 1;
+                            st.outcomes.push(outcome);
+                            let n = st.outcomes.len();
+                            n == 1 || n % st.notify_every == 0
+                        };
+                        // A slot of this lane is free: another thread may take work.
+                        cv.notify_one();
+                        if wake {
+                            notify();
                         }
-                        notify();
                     }
                 })
                 .expect("spawning an HTTP thread");
@@ -236,21 +303,52 @@ impl Pool {
         }
     }
 
-    pub fn submit(&self, a: Attempt) {
-        if let Some(jobs) = &self.jobs {
-            // The threads only stop when the pool is dropped.
-            let _ = jobs.send(a);
+    /// Sets how many attempts of one lane may be on the wire, and after how
+    /// many waiting outcomes `notify` runs again.
+    pub fn configure(&self, per_lane: usize, notify_every: usize) {
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut st) = lock.lock() {
+            st.per_lane = per_lane.max(1);
+            st.notify_every = notify_every.max(1);
         }
+        cv.notify_all();
+    }
+
+    pub fn submit(&self, lane: &str, a: Attempt) {
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut st) = lock.lock() {
+            st.lane(lane).queued.push_back(a);
+        }
+        cv.notify_one();
+    }
+
+    /// Removes the attempts of `lane` that are not on the wire yet.
+    pub fn withdraw(&self, lane: &str) -> Vec<Attempt> {
+        let (lock, _) = &*self.shared;
+        match lock.lock() {
+            Ok(mut st) => st.lane(lane).queued.drain(..).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Attempts of `lane` queued or on the wire.
+    pub fn load(&self, lane: &str) -> usize {
+        let (lock, _) = &*self.shared;
+        lock.lock()
+            .map(|st| st.lanes.iter().find(|l| l.name == lane).map_or(0, |l| l.queued.len() + l.running))
+            .unwrap_or(0)
+    }
+
+    /// Attempts on the wire, all lanes.
+    pub fn running(&self) -> usize {
+        let (lock, _) = &*self.shared;
+        lock.lock().map(|st| st.lanes.iter().map(|l| l.running).sum()).unwrap_or(0)
     }
 
     /// Every outcome that has arrived, without waiting.
     pub fn outcomes(&self) -> Vec<Outcome> {
-        self.outcomes.try_iter().collect()
-    }
-
-    /// Waits up to `timeout` for one outcome.
-    pub fn wait_outcome(&self, timeout: Duration) -> Option<Outcome> {
-        self.outcomes.recv_timeout(timeout).ok()
+        let (lock, _) = &*self.shared;
+        lock.lock().map(|mut st| std::mem::take(&mut st.outcomes)).unwrap_or_default()
     }
 
     pub fn threads(&self) -> usize {
@@ -260,10 +358,13 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        // Closing the job channel ends idle threads; busy ones end after
-        // their attempt. They are not joined: a hanging attempt must not
-        // hold up the worker's exit.
-        self.jobs.take();
+        // Idle threads end; busy ones end after their attempt. They are not
+        // joined: a hanging attempt must not hold up the worker's exit.
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut st) = lock.lock() {
+            st.closed = true;
+        }
+        cv.notify_all();
     }
 }
 
@@ -435,22 +536,45 @@ mod tests {
         });
         let notified = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let n = notified.clone();
-        let pool = Pool::new(8, Client::new(100), Arc::new(move || {
+        let pool = Pool::new(8, 8, Client::new(100), Arc::new(move || {
             n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }));
         for tag in 0..8 {
-            pool.submit(Attempt { tag, ..attempt(&url, 3000) });
+            pool.submit("lane", Attempt { tag, ..attempt(&url, 3000) });
         }
-        let mut got: Vec<(u64, Option<u16>)> = (0..8)
-            .map(|_| pool.wait_outcome(Duration::from_secs(10)).expect("outcome"))
-            .map(|o| (o.tag, o.status()))
-            .collect();
-        got.sort();
+        let got = wait_outcomes(&pool, 8);
         assert_eq!(got, (0..8).map(|t| (t, Some(200))).collect::<Vec<_>>());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while notified.load(std::sync::atomic::Ordering::SeqCst) < 8 && Instant::now() < deadline {
+        assert!(notified.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the caller is told outcomes arrived");
+    }
+
+    fn wait_outcomes(pool: &Pool, n: usize) -> Vec<(u64, Option<u16>)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            got.extend(pool.outcomes().into_iter().map(|o| (o.tag, o.status())));
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(notified.load(std::sync::atomic::Ordering::SeqCst), 8, "one notification per outcome");
+        got.sort();
+        got
+    }
+
+    #[test]
+    fn one_lane_cannot_take_every_thread() {
+        // Lane "slow" hangs; with 4 threads and 2 per lane, lane "fast" still
+        // gets through.
+        let hang = TcpListener::bind("127.0.0.1:0").unwrap();
+        let hang_url = format!("http://{}/", hang.local_addr().unwrap());
+        let (fast_url, h) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let pool = Pool::new(4, 2, Client::new(100), Arc::new(|| {}));
+        for tag in 0..6 {
+            pool.submit("slow", Attempt { tag, ..attempt(&hang_url, 5000) });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        pool.submit("fast", Attempt { tag: 100, ..attempt(&fast_url, 5000) });
+        assert_eq!(wait_outcomes(&pool, 1), vec![(100, Some(200))]);
+        h.join().unwrap();
+        assert_eq!(pool.load("slow"), 6, "2 on the wire, 4 queued");
+        assert_eq!(pool.withdraw("slow").len(), 4);
+        drop(hang);
     }
 }
