@@ -86,7 +86,7 @@ pub fn wake_worker() {
         if s.database.load(Ordering::Relaxed) != unsafe { pg_sys::MyDatabaseId }.to_u32() {
             return;
         }
-        s.wake_requests.fetch_add(1, Ordering::Relaxed);
+        s.wake_requests.fetch_add(1, Ordering::Release);
         let latch = s.latch.load(Ordering::Acquire);
         if !latch.is_null() {
             unsafe { pg_sys::SetLatch(latch) };

@@ -92,6 +92,8 @@ struct Worker {
     next_tag: u64,
     /// The extension is installed and stale locks were released.
     ready: bool,
+    /// `wake_requests` as last seen: a change means new work may be due.
+    seen_wakes: u64,
 }
 
 impl Worker {
@@ -114,6 +116,7 @@ impl Worker {
             definitions: HashMap::new(),
             next_tag: 1,
             ready: false,
+            seen_wakes: 0,
         }
     }
 
@@ -133,6 +136,13 @@ impl Worker {
                 unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
                 self.pool.grow(settings::max_concurrent());
                 self.pool.configure(settings::max_concurrent_per_trigger(), flush_at());
+                woken = true;
+            }
+            // Committing backends bump the counter before they set the latch,
+            // so a wake-up is never lost between a latch reset and a check.
+            let wakes = self.shared.wake_requests.load(Ordering::Acquire);
+            if wakes != self.seen_wakes {
+                self.seen_wakes = wakes;
                 woken = true;
             }
             if woken {
@@ -164,7 +174,8 @@ impl Worker {
     }
 
     /// Sleeps until the latch, an outcome, or the timeout. True when the
-    /// latch was set or the time ran out: new events may be due.
+    /// time ran out (a retry or the poll may be due); wake-ups by committing
+    /// backends are seen through their counter.
     fn wait(&mut self, timeout: Duration) -> bool {
         let events = pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
         let rc = unsafe {
@@ -181,7 +192,7 @@ impl Worker {
         drain(self.wake_fd);
         self.shared.last_wakeup.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
         pgrx::check_for_interrupts!();
-        rc & (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT) as i32 != 0
+        rc & pg_sys::WL_TIMEOUT as i32 != 0
     }
 
     /// Takes the outcomes that arrived.

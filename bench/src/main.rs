@@ -36,6 +36,9 @@ struct Sizes {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let out = std::env::args().skip_while(|a| a != "--out").nth(1);
+    // `--only capture|delivery|latency` runs one part (for profiling).
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let sizes = if quick {
         Sizes { bulk_rows: 20_000, pgbench_secs: 3, reps: 1, backlog: 10_000, big_backlog: 100_000, latency_events: 200 }
     } else {
@@ -52,9 +55,9 @@ fn main() {
     admin.batch_execute("CREATE DATABASE deliver").unwrap();
 
     let mut report = String::new();
-    let capture = capture_overhead(&cluster, &sizes);
-    let delivery = delivery_runs(&cluster, &receiver, &sizes);
-    let latency = latency_run(&cluster, &receiver, &sizes);
+    let capture = if run("capture") { capture_overhead(&cluster, &sizes) } else { String::new() };
+    let delivery = if run("delivery") { delivery_runs(&cluster, &receiver, &sizes) } else { String::new() };
+    let latency = if run("latency") { latency_run(&cluster, &receiver, &sizes) } else { String::new() };
 
     writeln!(report, "## Results").unwrap();
     report.push_str(&capture);
@@ -278,23 +281,28 @@ fn fresh_worker(c: &mut Client) -> i32 {
     panic!("the worker did not restart");
 }
 
-/// VmHWM (peak resident set) of a process, in MB.
-fn peak_rss_mb(pid: i32) -> f64 {
+/// A field of /proc/PID/status in MB: `RssAnon` is the process's private
+/// memory; `VmHWM`, the peak resident set, also counts the shared buffers it
+/// touched.
+fn status_mb(pid: i32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+        .unwrap_or(0.0)
 }
 
 struct Drain {
     events: i64,
     secs: f64,
     rate: f64,
+    /// Peak private memory (RssAnon, sampled every 50 ms).
     peak_mb: f64,
+    /// Peak resident set including touched shared buffers (VmHWM).
+    hwm_mb: f64,
     logs: i64,
 }
 
@@ -315,7 +323,7 @@ fn drain(c: &mut Client, r: &FastReceiver, events: i64) -> Drain {
     c.batch_execute("SELECT webhooks.resume_event_trigger('bench')").unwrap();
     let mut peak: f64 = 0.0;
     while r.count.load(Ordering::SeqCst) - before < events as u64 {
-        peak = peak.max(peak_rss_mb(pid));
+        peak = peak.max(status_mb(pid, "RssAnon:"));
         std::thread::sleep(Duration::from_millis(50));
         assert!(t0.elapsed() < Duration::from_secs(1800), "the drain takes too long");
     }
@@ -327,7 +335,8 @@ fn drain(c: &mut Client, r: &FastReceiver, events: i64) -> Drain {
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = t0.elapsed().as_secs_f64();
-    peak = peak.max(peak_rss_mb(pid));
+    peak = peak.max(status_mb(pid, "RssAnon:"));
+    let hwm_mb = status_mb(pid, "VmHWM:");
     let logs: i64 = c
         .query_one(
             "SELECT count(DISTINCT event_id) FROM webhooks.event_invocation_logs WHERE status = 200",
@@ -336,7 +345,7 @@ fn drain(c: &mut Client, r: &FastReceiver, events: i64) -> Drain {
         .unwrap()
         .get(0);
     assert_eq!(logs, events, "every event has its invocation log");
-    Drain { events, secs, rate: events as f64 / secs, peak_mb: peak, logs }
+    Drain { events, secs, rate: events as f64 / secs, peak_mb: peak, hwm_mb, logs }
 }
 
 fn wrk(r: &FastReceiver, body: &str, connections: usize, secs: u32) -> f64 {
@@ -380,7 +389,7 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
     let batch: i64 = c.query_one("SELECT current_setting('webhooks.batch_size')::int8", &[]).unwrap().get(0);
 
     let small = drain(&mut c, r, s.backlog);
-    eprintln!("  {} events in {:.1} s: {:.0}/s, peak {:.1} MB", small.events, small.secs, small.rate, small.peak_mb);
+    eprintln!("  {} events in {:.1} s: {:.0}/s, private {:.1} MB, hwm {:.1} MB", small.events, small.secs, small.rate, small.peak_mb, small.hwm_mb);
     // A body of the size the worker sends.
     let sample: String = c
         .query_one(
@@ -394,7 +403,7 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
 
     eprintln!("== backlog scale");
     let big = drain(&mut c, r, s.big_backlog);
-    eprintln!("  {} events in {:.1} s: {:.0}/s, peak {:.1} MB", big.events, big.secs, big.rate, big.peak_mb);
+    eprintln!("  {} events in {:.1} s: {:.0}/s, private {:.1} MB, hwm {:.1} MB", big.events, big.secs, big.rate, big.peak_mb, big.hwm_mb);
     // The fetch's plan with the big backlog in place (refilled, paused).
     c.batch_execute("SELECT webhooks.pause_event_trigger('bench')").unwrap();
     c.batch_execute(&format!(
@@ -433,7 +442,8 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
     writeln!(out, "| worker, {} events | {:.0} events/s ({:.1} s) |", small.events, small.rate, small.secs).unwrap();
     writeln!(out, "| wrk, raw | {raw:.0} requests/s |").unwrap();
     writeln!(out, "| ratio | **{:.2}** of the raw rate (target: at least 0.2) |", small.rate / raw).unwrap();
-    writeln!(out, "| worker peak RSS | {:.1} MB |", small.peak_mb).unwrap();
+    writeln!(out, "| worker peak private memory (RssAnon) | {:.1} MB |", small.peak_mb).unwrap();
+    writeln!(out, "| worker VmHWM (includes shared buffers it touched) | {:.1} MB |", small.hwm_mb).unwrap();
 
     writeln!(out, "\n### 4. Backlog scale\n").unwrap();
     writeln!(out, "| measure | value |\n|---|---|").unwrap();
@@ -445,7 +455,8 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
         big.rate / small.rate
     )
     .unwrap();
-    writeln!(out, "| worker peak RSS | **{:.1} MB** (target: under 64 MB) |", big.peak_mb).unwrap();
+    writeln!(out, "| worker peak private memory (RssAnon) | **{:.1} MB** (target: under 64 MB) |", big.peak_mb).unwrap();
+    writeln!(out, "| worker VmHWM (includes shared buffers it touched) | {:.1} MB |", big.hwm_mb).unwrap();
     writeln!(out, "\nThe fetch with {} events pending:\n\n```text\n{}\n```", s.big_backlog, plan.join("\n")).unwrap();
     out
 }
@@ -455,15 +466,24 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
 fn latency_run(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
     eprintln!("== latency");
     let mut c = cluster.connect("deliver");
-    c.batch_execute("CREATE TABLE lat (id bigint PRIMARY KEY, v text)").unwrap();
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_webhooks; CREATE TABLE lat (id bigint PRIMARY KEY, v text)").unwrap();
     c.execute(
         "SELECT webhooks.create_event_trigger($1)",
         &[&json!({"name": "lat", "table": "lat", "webhook": r.url(), "insert": {"columns": "*"}})],
     )
     .unwrap();
     let stmt = c.prepare("INSERT INTO lat VALUES ($1, 'x')").unwrap();
+    // Warm up: the worker is running and has delivered one event of this
+    // trigger (connection open), so the run measures the steady state.
+    worker_pid(&mut c);
     r.arrivals.lock().unwrap().clear();
     r.record_arrivals.store(true, Ordering::SeqCst);
+    c.execute(&stmt, &[&0i64]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.arrivals.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    r.arrivals.lock().unwrap().clear();
     let period = Duration::from_millis(5);
     let start = Instant::now();
     let mut sent: Vec<(Instant, Instant)> = Vec::with_capacity(s.latency_events as usize);
@@ -484,8 +504,10 @@ fn latency_run(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
     let arrivals = r.arrivals.lock().unwrap().clone();
     let mut from_ack = Vec::new();
     let mut from_send = Vec::new();
+    let mut slowest: Vec<(f64, i64)> = Vec::new();
     for (id, at) in arrivals {
         let (before, ack) = sent[(id - 1) as usize];
+        slowest.push((at.saturating_duration_since(ack).as_secs_f64() * 1000.0, id));
         from_ack.push(at.saturating_duration_since(ack).as_secs_f64() * 1000.0);
         from_send.push(at.saturating_duration_since(before).as_secs_f64() * 1000.0);
     }
@@ -494,6 +516,21 @@ fn latency_run(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
         v[((v.len() as f64 - 1.0) * p).round() as usize]
     };
     let n = from_ack.len();
+    slowest.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap());
+    eprintln!("  slowest (ms, row id): {:?}", &slowest[..slowest.len().min(8)]);
+    let db: (f64, f64) = {
+        let row = c
+            .query_one(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), max(ms)::float8 FROM (
+                   SELECT (extract(epoch FROM l.created_at - e.created_at) * 1000)::float8 AS ms
+                   FROM webhooks.event_invocation_logs l JOIN webhooks.event_log e ON e.id = l.event_id
+                   WHERE e.trigger_name = 'lat' AND (e.payload #>> '{data,new,id}')::int8 > 0) x",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get::<_, Option<f64>>(1).unwrap_or(0.0))
+    };
+    eprintln!("  in the database: transaction start to attempt start p50 {:.2} ms, max {:.2} ms", db.0, db.1);
     let (a50, a99, amax) = (pct(&mut from_ack, 0.5), pct(&mut from_ack, 0.99), pct(&mut from_ack, 1.0));
     let (s50, s99) = (pct(&mut from_send, 0.5), pct(&mut from_send, 0.99));
     eprintln!("  p50 {a50:.2} ms, p99 {a99:.2} ms");
