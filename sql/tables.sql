@@ -34,13 +34,16 @@ CREATE TABLE webhooks.event_log (
     created_at    timestamptz NOT NULL DEFAULT now(),
     locked        timestamptz,
     next_retry_at timestamptz NOT NULL DEFAULT now()
-);
+) WITH (fillfactor = 80);
+-- fillfactor: a claim only sets "locked", which no index covers, so with
+-- room left on the page the update is HOT and writes no index entry.
 
--- The worker's fetch, per trigger: pending, not locked, due, oldest first.
--- The scan stops at the first event that is not due yet, however long the
+-- The worker's fetch, per trigger: pending, due, oldest first (claimed
+-- events are skipped by the scan; there are at most a batch of them). The
+-- scan stops at the first event that is not due yet, however long the
 -- backlog, and one trigger's backlog never sits in another's way.
 CREATE INDEX event_log_fetch ON webhooks.event_log (trigger_name, next_retry_at, id)
-    WHERE NOT delivered AND NOT error AND NOT archived AND locked IS NULL;
+    WHERE NOT delivered AND NOT error AND NOT archived;
 
 -- One row per delivery attempt.
 CREATE TABLE webhooks.event_invocation_logs (

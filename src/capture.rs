@@ -196,7 +196,7 @@ unsafe fn capture_row(td: &pg_sys::TriggerData) {
 
 /// A time-ordered (v7) uuid: new events append to the primary key index.
 pub fn new_event_id() -> pgrx::Uuid {
-    pgrx::Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes())
+    pgrx::Uuid::from_bytes(webhooks_core::ids::next_v7())
 }
 
 /// The value of a setting such as `hasura.user`, or None when unset or empty.

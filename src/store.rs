@@ -19,7 +19,12 @@ pub struct Claimed {
     pub tries: i32,
     /// ISO 8601.
     pub created_at: String,
+    /// When it was due: with `id`, its place in the fetch order.
+    pub due: pgrx::datum::TimestampWithTimeZone,
 }
+
+/// Where a trigger's previous claim stopped, in fetch order.
+pub type Cursor = (pgrx::datum::TimestampWithTimeZone, pgrx::Uuid);
 
 /// What to write after an attempt.
 pub struct Recorded {
@@ -84,21 +89,33 @@ pub fn definitions() -> Vec<(String, String, JsonB)> {
 }
 
 /// Claims due events: up to `limits[i]` of trigger `names[i]`, oldest due
-/// first, skipping rows another transaction holds.
-pub fn claim(names: Vec<String>, limits: Vec<i32>) -> Vec<Claimed> {
+/// first, after `cursors[i]` when given, skipping rows another transaction
+/// holds. The cursor lets a long backlog be drained without rescanning the
+/// index entries of events delivered since the last vacuum.
+pub fn claim(names: Vec<String>, limits: Vec<i32>, cursors: Vec<Option<Cursor>>) -> Vec<Claimed> {
     if names.is_empty() {
         return Vec::new();
     }
+    let start = Some(pgrx::datum::TimestampWithTimeZone::negative_infinity());
+    let (after_due, after_id): (Vec<_>, Vec<_>) = cursors
+        .into_iter()
+        .map(|c| match c {
+            Some((due, id)) => (Some(due), id),
+            None => (start, pgrx::Uuid::from_bytes([0; 16])),
+        })
+        .unzip();
     Spi::connect_mut(|c| {
         let rows = spi(
             c.update(
-                "WITH lim AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS l(name, n)),
+                "WITH lim AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::uuid[])
+                                   AS l(name, n, after_due, after_id)),
                  due AS (
                      SELECT d.id FROM lim CROSS JOIN LATERAL (
                          SELECT e.id FROM webhooks.event_log e
                          WHERE e.trigger_name = lim.name
                            AND NOT e.delivered AND NOT e.error AND NOT e.archived AND e.locked IS NULL
                            AND e.next_retry_at <= pg_catalog.now()
+                           AND (e.next_retry_at, e.id) > (lim.after_due, lim.after_id)
                          ORDER BY e.next_retry_at, e.id
                          LIMIT lim.n
                          FOR UPDATE SKIP LOCKED) d)
@@ -107,31 +124,27 @@ pub fn claim(names: Vec<String>, limits: Vec<i32>) -> Vec<Claimed> {
                  RETURNING e.id::text, e.trigger_name, e.schema_name, e.table_name, e.payload::text, e.tries,
                            pg_catalog.to_json(e.created_at) #>> '{}', e.next_retry_at",
                 None,
-                &[names.into(), limits.into()],
+                &[names.into(), limits.into(), after_due.into(), after_id.into()],
             )
             .map(Some),
         )
         .expect("update returns a table");
-        let mut out: Vec<(Claimed, pgrx::datum::TimestampWithTimeZone)> = rows
+        let mut out: Vec<Claimed> = rows
             .into_iter()
-            .map(|r| {
-                (
-                    Claimed {
-                        id: spi(r.get::<String>(1)).unwrap_or_default(),
-                        trigger: spi(r.get::<String>(2)).unwrap_or_default(),
-                        schema: spi(r.get::<String>(3)).unwrap_or_default(),
-                        table: spi(r.get::<String>(4)).unwrap_or_default(),
-                        event: spi(r.get::<String>(5)).unwrap_or_default(),
-                        tries: spi(r.get::<i32>(6)).unwrap_or_default(),
-                        created_at: spi(r.get::<String>(7)).unwrap_or_default(),
-                    },
-                    spi(r.get::<pgrx::datum::TimestampWithTimeZone>(8)).expect("next_retry_at is NOT NULL"),
-                )
+            .map(|r| Claimed {
+                id: spi(r.get::<String>(1)).unwrap_or_default(),
+                trigger: spi(r.get::<String>(2)).unwrap_or_default(),
+                schema: spi(r.get::<String>(3)).unwrap_or_default(),
+                table: spi(r.get::<String>(4)).unwrap_or_default(),
+                event: spi(r.get::<String>(5)).unwrap_or_default(),
+                tries: spi(r.get::<i32>(6)).unwrap_or_default(),
+                created_at: spi(r.get::<String>(7)).unwrap_or_default(),
+                due: spi(r.get::<pgrx::datum::TimestampWithTimeZone>(8)).expect("next_retry_at is NOT NULL"),
             })
             .collect();
-        // Best-effort order: the oldest due first.
-        out.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.id.cmp(&b.0.id)));
-        out.into_iter().map(|(c, _)| c).collect()
+        // Best-effort order: the oldest due first (uuid text order is byte order).
+        out.sort_by(|a, b| a.due.cmp(&b.due).then_with(|| a.id.cmp(&b.id)));
+        out
     })
 }
 

@@ -94,7 +94,14 @@ struct Worker {
     ready: bool,
     /// `wake_requests` as last seen: a change means new work may be due.
     seen_wakes: u64,
+    /// Per trigger, where the last claim stopped, and since when the cursor
+    /// is in use. Events that commit late with an earlier due time sit
+    /// behind it, so it is dropped when a claim comes back short and after
+    /// CURSOR_LIFETIME.
+    cursors: HashMap<String, (store::Cursor, Instant)>,
 }
+
+const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
 
 impl Worker {
     fn new(shared: &'static WorkerShared) -> Worker {
@@ -117,6 +124,7 @@ impl Worker {
             next_tag: 1,
             ready: false,
             seen_wakes: 0,
+            cursors: HashMap::new(),
         }
     }
 
@@ -235,6 +243,12 @@ impl Worker {
         }
         if !self.ready {
             Spi::run("SET search_path = pg_catalog, pg_temp").expect("setting search_path");
+            // The claim must walk the fetch index in order and stop after a
+            // batch. With stale statistics (a burst of events since the last
+            // ANALYZE) the planner may prefer a bitmap scan that sorts the
+            // whole backlog on every claim; this session never needs either.
+            Spi::run("SET enable_bitmapscan = off").expect("planner setting");
+            Spi::run("SET enable_sort = off").expect("planner setting");
             let released = store::release_stale_locks();
             if released > 0 {
                 log!("pg_webhooks: released {released} event locks left by a previous worker; they will be delivered again");
@@ -271,14 +285,29 @@ impl Worker {
                 limits.push(room as i32);
             }
         }
-        let claimed = store::claim(names.clone(), limits.clone());
+        self.cursors.retain(|_, (_, since)| since.elapsed() < CURSOR_LIFETIME);
+        let cursors = names.iter().map(|n| self.cursors.get(n).map(|(c, _)| *c)).collect();
+        let claimed = store::claim(names.clone(), limits.clone(), cursors);
         let mut got: HashMap<String, usize> = HashMap::new();
+        let mut last: HashMap<String, store::Cursor> = HashMap::new();
         for event in claimed {
             *got.entry(event.trigger.clone()).or_default() += 1;
+            let id = pgrx::Uuid::from_bytes(*uuid::Uuid::parse_str(&event.id).expect("uuid from the database").as_bytes());
+            last.insert(event.trigger.clone(), (event.due, id));
             self.prepare(event);
         }
         for (name, limit) in names.iter().zip(&limits) {
-            self.maybe_more.insert(name.clone(), got.get(name).copied().unwrap_or(0) >= *limit as usize);
+            let full = got.get(name).copied().unwrap_or(0) >= *limit as usize;
+            self.maybe_more.insert(name.clone(), full);
+            match (full, last.remove(name)) {
+                (true, Some(cursor)) => {
+                    let since = self.cursors.get(name).map_or_else(Instant::now, |(_, s)| *s);
+                    self.cursors.insert(name.clone(), (cursor, since));
+                }
+                _ => {
+                    self.cursors.remove(name);
+                }
+            }
         }
         // Nothing more to claim now: sleep until the next retry falls due.
         let all_drained = self.maybe_more.values().all(|m| !m);
@@ -423,7 +452,7 @@ impl Worker {
             };
             rows.push(store::Recorded {
                 event_id: f.event_id,
-                log_id: pgrx::Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes()),
+                log_id: pgrx::Uuid::from_bytes(webhooks_core::ids::next_v7()),
                 trigger: f.trigger,
                 status: status.map(i32::from),
                 request: f.request_log,

@@ -7,12 +7,14 @@
 //! - [`env_template`]: `{{ENV_VAR}}` in webhook URLs.
 //! - [`error`]: errors with the SQLSTATE they raise.
 //! - [`retry`]: success, retry or failure of an attempt; `Retry-After`.
+//! - [`ids`]: time-ordered (v7) uuids without a system call each.
 //! - [`delivery`]: the webhook body, HTTP attempts and the thread pool.
 
 pub mod definition;
 pub mod delivery;
 pub mod env_template;
 pub mod error;
+pub mod ids;
 pub mod query;
 pub mod retry;
 
