@@ -15,6 +15,7 @@
 //! - [`wake`]: waking the worker once per committing transaction.
 //! - [`store`]: the event store as the worker uses it (claim, record).
 //! - [`worker`]: the background worker that delivers events.
+//! - [`status`]: `webhooks.worker_status()`.
 //! - `sql/`: the tables, the DDL event triggers and the privileges.
 
 use pgrx::prelude::*;
@@ -25,6 +26,7 @@ mod catalog;
 mod errors;
 mod settings;
 mod shmem;
+mod status;
 mod store;
 mod wake;
 mod worker;
@@ -33,6 +35,7 @@ mod worker;
 
 extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
 extension_sql_file!("../sql/ddl.sql", name = "ddl", requires = [capture::webhooks::capture]);
+extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["tables"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 /// Set in `_PG_init` when the library was loaded by

@@ -243,12 +243,23 @@ impl Worker {
         }
         if !self.ready {
             Spi::run("SET search_path = pg_catalog, pg_temp").expect("setting search_path");
-            // The claim must walk the fetch index in order and stop after a
-            // batch. With stale statistics (a burst of events since the last
-            // ANALYZE) the planner may prefer a bitmap scan that sorts the
-            // whole backlog on every claim; this session never needs either.
-            Spi::run("SET enable_bitmapscan = off").expect("planner setting");
-            Spi::run("SET enable_sort = off").expect("planner setting");
+            // Every query of this session touches a batch of rows through an
+            // index: the claim walks the fetch index in order and stops after
+            // a batch, the updates join by primary key. The planner cannot
+            // see the batch size inside the claim (a LIMIT from a lateral
+            // list) and, with a large backlog or stale statistics, prefers
+            // plans that sort or hash the whole table on every round (seen:
+            // a hash join over 1.3M rows, a bitmap scan sorting the backlog,
+            // and JIT compiling them). None of those ever pays off here.
+            for setting in [
+                "SET enable_bitmapscan = off",
+                "SET enable_sort = off",
+                "SET enable_hashjoin = off",
+                "SET enable_mergejoin = off",
+                "SET jit = off",
+            ] {
+                Spi::run(setting).expect("planner setting");
+            }
             let released = store::release_stale_locks();
             if released > 0 {
                 log!("pg_webhooks: released {released} event locks left by a previous worker; they will be delivered again");

@@ -384,3 +384,85 @@ fn a_paused_trigger_captures_but_does_not_deliver_until_resumed() {
     let e = pg_webhooks_tests::assert_sql_error(&mut c, "SELECT webhooks.pause_event_trigger('nope')", "42704", &["\"nope\""]);
     assert!(e.hint.is_some());
 }
+
+#[test]
+fn event_stats_and_worker_status_show_what_happens() {
+    let (r, mut c) = setup();
+    watch(&mut c, "d_stats_ok", &r.url("/ok/stats"), json!({}));
+    watch(&mut c, "d_stats_err", &r.url("/status/500/stats"), json!({"retry_conf": {"num_retries": 1, "interval_sec": 0}}));
+    c.batch_execute("INSERT INTO d_stats_ok SELECT g, 'x' FROM generate_series(1, 3) g; INSERT INTO d_stats_err VALUES (1, 'x');")
+        .unwrap();
+    settled(&mut c, "d_stats_ok");
+    settled(&mut c, "d_stats_err");
+    c.batch_execute("SELECT webhooks.pause_event_trigger('d_stats_ok'); INSERT INTO d_stats_ok VALUES (4, 'x');").unwrap();
+    let row = c
+        .query_one(
+            "SELECT pending, in_flight, delivered, errors, retries, oldest_pending_age IS NOT NULL,
+                    last_delivered_at IS NOT NULL, last_error_at IS NULL, paused
+             FROM webhooks.event_stats WHERE trigger_name = 'd_stats_ok'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2), row.get::<_, i64>(3), row.get::<_, i64>(4)), (1, 0, 3, 0, 3));
+    assert!(row.get::<_, bool>(5) && row.get::<_, bool>(6) && row.get::<_, bool>(7) && row.get::<_, bool>(8));
+    let row = c
+        .query_one(
+            "SELECT pending, delivered, errors, retries, last_error_at IS NOT NULL, last_delivered_at IS NULL, paused
+             FROM webhooks.event_stats WHERE trigger_name = 'd_stats_err'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2), row.get::<_, i64>(3)), (0, 0, 1, 1));
+    assert!(row.get::<_, bool>(4) && row.get::<_, bool>(5) && !row.get::<_, bool>(6));
+    c.batch_execute("SELECT webhooks.resume_event_trigger('d_stats_ok')").unwrap();
+
+    let status = c
+        .query_one(
+            "SELECT s.pid = a.pid, s.database, s.started_at <= now(), s.last_wakeup IS NOT NULL, s.delivered >= 3, s.failed >= 1, s.in_flight >= 0
+             FROM webhooks.worker_status() s JOIN pg_stat_activity a ON a.backend_type = 'pg_webhooks'",
+            &[],
+        )
+        .unwrap();
+    assert!(status.get::<_, bool>(0), "the pid is the worker's");
+    assert_eq!(status.get::<_, String>(1), "postgres");
+    for i in 2..7 {
+        assert!(status.get::<_, bool>(i), "column {i}");
+    }
+}
+
+#[test]
+fn cleanup_removes_only_finished_events_older_than_the_cutoff() {
+    let (r, mut c) = setup();
+    watch(&mut c, "d_clean", &r.url("/ok/clean"), json!({}));
+    watch(&mut c, "d_clean_err", &r.url("/status/500/clean"), json!({}));
+    c.batch_execute("INSERT INTO d_clean SELECT g, 'x' FROM generate_series(1, 5) g; INSERT INTO d_clean_err VALUES (1, 'x');").unwrap();
+    settled(&mut c, "d_clean");
+    settled(&mut c, "d_clean_err");
+    c.batch_execute(
+        "SELECT webhooks.pause_event_trigger('d_clean');
+         INSERT INTO d_clean VALUES (6, 'pending');
+         UPDATE webhooks.event_log SET created_at = now() - interval '30 days' WHERE trigger_name IN ('d_clean', 'd_clean_err');
+         UPDATE webhooks.event_log SET created_at = now() - interval '1 day'
+           WHERE trigger_name = 'd_clean' AND payload #>> '{data,new,id}' = '5';",
+    )
+    .unwrap();
+    let removed: i64 = one(&mut c, "SELECT webhooks.cleanup_event_logs('d_clean')");
+    assert_eq!(removed, 4, "four delivered events are older than 7 days; the pending one stays");
+    let left: Vec<(String, bool)> = c
+        .query("SELECT payload #>> '{data,new,id}', delivered FROM webhooks.event_log WHERE trigger_name = 'd_clean' ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(left, vec![("5".to_string(), true), ("6".to_string(), false)]);
+    let orphans: i64 = one(
+        &mut c,
+        "SELECT count(*) FROM webhooks.event_invocation_logs l WHERE NOT EXISTS (SELECT FROM webhooks.event_log e WHERE e.id = l.event_id)",
+    );
+    assert_eq!(orphans, 0, "invocation logs go with their events");
+    assert_eq!(one::<i64>(&mut c, "SELECT webhooks.cleanup_event_logs('d_clean_err')"), 0, "errors are kept by default");
+    assert_eq!(one::<i64>(&mut c, "SELECT webhooks.cleanup_event_logs('d_clean_err', include_errors => true)"), 1);
+    assert_eq!(one::<i64>(&mut c, "SELECT webhooks.cleanup_event_logs('d_clean', older_than => interval '1 hour')"), 1);
+    pg_webhooks_tests::assert_sql_error(&mut c, "SELECT webhooks.cleanup_event_logs(NULL, interval '-1 day')", "22023", &["older_than"]);
+    c.batch_execute("SELECT webhooks.resume_event_trigger('d_clean')").unwrap();
+}
