@@ -118,28 +118,45 @@ fn run(request: Request) -> Value {
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| {
-                    PgTryBuilder::new(move || run(item))
-                        .catch_others(move |e| match e {
-                            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
-                                let mut report = ErrorReport::new(
-                                    r.sql_error_code(),
-                                    format!("bulk args[{i}]: {}", r.message()),
-                                    "pg_webhooks",
-                                );
-                                if let Some(hint) = r.hint() {
-                                    report = report.set_hint(hint.to_string());
-                                }
-                                report.report(PgLogLevel::ERROR);
-                                unreachable!()
-                            }
-                            other => other.rethrow(),
-                        })
-                        .execute()
-                })
+                .map(|(i, item)| within(&format!("bulk args[{i}]"), move || run(item)))
                 .collect(),
         ),
     }
+}
+
+/// Runs `f`; an ERROR it raises is raised again with `context: ` before its
+/// message (the SQLSTATE and hint stay), so that the caller learns which
+/// part of a bulk request or an import failed.
+fn within<R>(context: &str, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
+    let context = context.to_string();
+    PgTryBuilder::new(f)
+        .catch_others(move |e| match e {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
+                let mut report = ErrorReport::new(r.sql_error_code(), format!("{context}: {}", r.message()), "pg_webhooks");
+                if let Some(hint) = r.hint() {
+                    report = report.set_hint(hint.to_string());
+                }
+                report.report(PgLogLevel::ERROR);
+                unreachable!()
+            }
+            other => other.rethrow(),
+        })
+        .execute()
+}
+
+/// Creates every event trigger of a Hasura v2 metadata export, all or
+/// nothing. Returns `{"created": [names], "unsupported": [{"trigger", "key",
+/// "reason"}, ...]}`.
+#[pg_extern(schema = "webhooks")]
+fn import_hasura_metadata(metadata: Option<JsonB>) -> JsonB {
+    let import = webhooks_core::hasura_metadata::parse(&not_null("metadata", metadata).0).or_raise();
+    let mut created = Vec::with_capacity(import.creates.len());
+    for args in import.creates {
+        let name = args["name"].as_str().unwrap_or("").to_string();
+        within(&format!("event trigger {}", json!(name)), move || create(&args));
+        created.push(name);
+    }
+    JsonB(json!({"created": created, "unsupported": import.unsupported}))
 }
 
 pub fn create(args: &Value) -> Value {

@@ -11,6 +11,7 @@ pub static MAX_CONCURRENT: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static MAX_CONCURRENT_PER_TRIGGER: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static RESPONSE_BODY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+pub static RETENTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Registers the settings. `webhooks.database` takes effect at server start
 /// only, and PostgreSQL refuses such a setting from a library loaded later,
@@ -84,6 +85,19 @@ fn register_reloadable() {
         GucContext::Sighup,
         GucFlags::UNIT_BYTE,
     );
+    GucRegistry::define_string_guc(
+        c"webhooks.retention",
+        c"When set (an interval such as '7 days'), the worker deletes finished events older than this.",
+        c"It runs webhooks.cleanup_event_logs(NULL, retention) every 10 seconds. Unset keeps everything.",
+        &RETENTION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// `webhooks.retention`, if set and not empty.
+pub fn retention() -> Option<String> {
+    RETENTION.get().map(|s| s.to_string_lossy().trim().to_string()).filter(|s| !s.is_empty())
 }
 
 pub fn database() -> String {

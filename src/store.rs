@@ -233,3 +233,39 @@ pub fn unlock(ids: Vec<pgrx::Uuid>) {
     }
     spi(Spi::run_with_args("UPDATE webhooks.event_log SET locked = NULL WHERE id = ANY($1)", &[ids.into()]));
 }
+
+/// Applies `webhooks.retention`: deletes finished events older than
+/// `retention` (an interval) through `webhooks.cleanup_event_logs`. It runs
+/// in a subtransaction: a value that is not an interval, or any other
+/// error, comes back as `Err` with PostgreSQL's message and the worker goes
+/// on.
+pub fn cleanup(retention: &str) -> Result<i64, String> {
+    let retention = retention.to_string();
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        PgTryBuilder::new(move || {
+            let n = Spi::get_one_with_args::<i64>(
+                "SELECT webhooks.cleanup_event_logs(NULL, $1::pg_catalog.interval)",
+                &[retention.as_str().into()],
+            );
+            pg_sys::ReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            Ok(n.ok().flatten().unwrap_or(0))
+        })
+        .catch_others(move |e| {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            Err(match e {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+                other => format!("{other:?}"),
+            })
+        })
+        .execute()
+    }
+}

@@ -99,9 +99,13 @@ struct Worker {
     /// behind it, so it is dropped when a claim comes back short and after
     /// CURSOR_LIFETIME.
     cursors: HashMap<String, (store::Cursor, Instant)>,
+    /// When `webhooks.retention` was last applied.
+    last_cleanup: Option<Instant>,
 }
 
 const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
+/// How often the worker applies `webhooks.retention`.
+const RETENTION_EVERY: Duration = Duration::from_secs(10);
 
 impl Worker {
     fn new(shared: &'static WorkerShared) -> Worker {
@@ -125,6 +129,7 @@ impl Worker {
             ready: false,
             seen_wakes: 0,
             cursors: HashMap::new(),
+            last_cleanup: None,
         }
     }
 
@@ -144,6 +149,7 @@ impl Worker {
                 unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
                 self.pool.grow(settings::max_concurrent());
                 self.pool.configure(settings::max_concurrent_per_trigger(), flush_at());
+                self.last_cleanup = None;
                 woken = true;
             }
             // Committing backends bump the counter before they set the latch,
@@ -168,6 +174,7 @@ impl Worker {
                 BackgroundWorker::transaction(AssertUnwindSafe(|| self.round()));
             }
             self.shared.in_flight.store(self.in_flight.len() as i64, Ordering::Relaxed);
+            self.apply_retention();
 
             let mut timeout = Duration::from_millis(settings::POLL_INTERVAL_MS.get().max(1) as u64);
             if let Some(t) = self.oldest_pending {
@@ -175,6 +182,9 @@ impl Worker {
             }
             if let Some(t) = self.next_due {
                 timeout = timeout.min(t.saturating_duration_since(Instant::now()));
+            }
+            if let (Some(_), Some(t)) = (settings::retention(), self.last_cleanup) {
+                timeout = timeout.min(RETENTION_EVERY.saturating_sub(t.elapsed()));
             }
             let more_now = self.definitions.keys().any(|t| self.wants_more(t));
             woken = if more_now { true } else { self.wait(timeout) };
@@ -201,6 +211,26 @@ impl Worker {
         self.shared.last_wakeup.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
         pgrx::check_for_interrupts!();
         rc & pg_sys::WL_TIMEOUT as i32 != 0
+    }
+
+    /// Runs the cleanup of `webhooks.retention`, at most every
+    /// RETENTION_EVERY, in a transaction of its own.
+    fn apply_retention(&mut self) {
+        let Some(retention) = settings::retention() else { return };
+        if !self.ready || self.last_cleanup.is_some_and(|t| t.elapsed() < RETENTION_EVERY) {
+            return;
+        }
+        self.last_cleanup = Some(Instant::now());
+        BackgroundWorker::transaction(AssertUnwindSafe(|| {
+            if !store::extension_installed() {
+                return;
+            }
+            match store::cleanup(&retention) {
+                Ok(n) if n > 0 => log!("pg_webhooks: webhooks.retention = '{retention}' removed {n} finished events"),
+                Ok(_) => {}
+                Err(e) => warning!("pg_webhooks: webhooks.retention = '{retention}' is not usable: {e}"),
+            }
+        }));
     }
 
     /// Takes the outcomes that arrived.

@@ -58,13 +58,14 @@ fn main() {
     let capture = if run("capture") { capture_overhead(&cluster, &sizes) } else { String::new() };
     // Its tables would keep autovacuum busy during the delivery runs.
     admin.batch_execute("DROP DATABASE capture WITH (FORCE)").unwrap();
-    let delivery = if run("delivery") { delivery_runs(&cluster, &receiver, &sizes) } else { String::new() };
+    let (delivery, backlog) = if run("delivery") { delivery_runs(&cluster, &receiver, &sizes) } else { Default::default() };
     let latency = if run("latency") { latency_run(&cluster, &receiver, &sizes) } else { String::new() };
 
     writeln!(report, "## Results").unwrap();
     report.push_str(&capture);
     report.push_str(&delivery);
     report.push_str(&latency);
+    report.push_str(&backlog);
     writeln!(report, "\nThe whole run took {:.0} s.", started.elapsed().as_secs_f64()).unwrap();
     println!("{report}");
     if let Some(path) = out {
@@ -373,7 +374,8 @@ fn wrk(r: &FastReceiver, body: &str, connections: usize, secs: u32) -> f64 {
         .unwrap_or_else(|| panic!("wrk failed: {text}"))
 }
 
-fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
+/// Parts 2 (throughput) and 4 (backlog scale) of the report.
+fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> (String, String) {
     eprintln!("== delivery throughput");
     let mut c = cluster.connect("deliver");
     c.batch_execute(
@@ -447,6 +449,8 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
     writeln!(out, "| worker peak private memory (RssAnon) | {:.1} MB |", small.peak_mb).unwrap();
     writeln!(out, "| worker VmHWM (includes shared buffers it touched) | {:.1} MB |", small.hwm_mb).unwrap();
 
+    let throughput = out;
+    let mut out = String::new();
     writeln!(out, "\n### 4. Backlog scale\n").unwrap();
     writeln!(out, "| measure | value |\n|---|---|").unwrap();
     writeln!(out, "| worker, {} events | {:.0} events/s ({:.1} s) |", big.events, big.rate, big.secs).unwrap();
@@ -460,7 +464,7 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
     writeln!(out, "| worker peak private memory (RssAnon) | **{:.1} MB** (target: under 64 MB) |", big.peak_mb).unwrap();
     writeln!(out, "| worker VmHWM (includes shared buffers it touched) | {:.1} MB |", big.hwm_mb).unwrap();
     writeln!(out, "\nThe fetch with {} events pending:\n\n```text\n{}\n```", s.big_backlog, plan.join("\n")).unwrap();
-    out
+    (throughput, out)
 }
 
 // ---------------------------------------------------------------- latency

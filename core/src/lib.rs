@@ -7,6 +7,7 @@
 //! - [`env_template`]: `{{ENV_VAR}}` in webhook URLs.
 //! - [`error`]: errors with the SQLSTATE they raise.
 //! - [`retry`]: success, retry or failure of an attempt; `Retry-After`.
+//! - [`hasura_metadata`]: event triggers from a Hasura metadata export.
 //! - [`ids`]: time-ordered (v7) uuids without a system call each.
 //! - [`delivery`]: the webhook body, HTTP attempts and the thread pool.
 
@@ -14,6 +15,7 @@ pub mod definition;
 pub mod delivery;
 pub mod env_template;
 pub mod error;
+pub mod hasura_metadata;
 pub mod ids;
 pub mod query;
 pub mod retry;

@@ -350,3 +350,65 @@ fn query_rejects_malformed_bodies() {
         assert_sql_error(&mut c, &sql, code, parts);
     }
 }
+
+fn hasura_export(second_table: &str) -> Value {
+    json!({
+        "resource_version": 7,
+        "metadata": {
+            "version": 3,
+            "sources": [{
+                "name": "default",
+                "kind": "postgres",
+                "tables": [
+                    {"table": {"schema": "public", "name": "users"},
+                     "event_triggers": [
+                        {"name": "user_created",
+                         "definition": {"enable_manual": false, "insert": {"columns": "*"}},
+                         "retry_conf": {"num_retries": 3, "interval_sec": 15, "timeout_sec": 60},
+                         "webhook_from_env": "PGWH_TEST_URL",
+                         "headers": [{"name": "x-secret", "value_from_env": "PGWH_TEST_SECRET"}],
+                         "request_transform": {"version": 2, "template_engine": "Kriti", "body": {"action": "transform"}}},
+                        {"name": "user_email_changed",
+                         "definition": {"enable_manual": true, "update": {"columns": ["email"]}, "delete": {"columns": "*"}},
+                         "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60},
+                         "webhook": "https://hooks.example.com/email",
+                         "cleanup_config": {"schedule": "0 0 * * *", "clear_older_than": 168}}
+                     ]},
+                    {"table": {"schema": "public", "name": second_table},
+                     "event_triggers": [{"name": "other_changed", "definition": {"insert": {"columns": "*"}},
+                                         "retry_conf": {"num_retries": 1, "interval_sec": 5, "timeout_sec": 30},
+                                         "webhook": "https://hooks.example.com/other"}]}
+                ]
+            }]
+        }
+    })
+}
+
+#[test]
+fn import_hasura_metadata_creates_every_trigger_and_reports_the_rest() {
+    let mut c = setup("import_metadata");
+    c.batch_execute("CREATE TABLE other (id int)").unwrap();
+    let report: Value = c.query_one("SELECT webhooks.import_hasura_metadata($1)", &[&hasura_export("other")]).unwrap().get(0);
+    assert_eq!(report["created"], json!(["user_created", "user_email_changed", "other_changed"]));
+    let unsupported = report["unsupported"].as_array().unwrap();
+    assert!(unsupported.iter().any(|u| u["trigger"] == json!("user_created") && u["key"] == json!("request_transform")), "{report}");
+    assert!(unsupported.iter().any(|u| u["trigger"] == json!("user_email_changed") && u["key"] == json!("cleanup_config")), "{report}");
+    let def: Value = one(&mut c, "SELECT definition FROM webhooks.event_triggers WHERE name = 'user_created'");
+    assert_eq!(def["webhook_from_env"], json!("PGWH_TEST_URL"));
+    assert_eq!(def["retry_conf"], json!({"num_retries": 3, "interval_sec": 15, "timeout_sec": 60}));
+    assert_eq!(def["enable_manual"], json!(false));
+    assert_eq!(count_table_triggers(&mut c), 3);
+}
+
+#[test]
+fn import_hasura_metadata_is_all_or_nothing() {
+    let mut c = setup("import_all_or_nothing");
+    let sql = format!(
+        "SELECT webhooks.import_hasura_metadata('{}')",
+        hasura_export("missing_table").to_string().replace('\'', "''")
+    );
+    assert_sql_error(&mut c, &sql, "42P01", &["event trigger \"other_changed\"", "missing_table"]);
+    assert_eq!(count_definitions(&mut c), 0, "nothing of a failed import remains");
+    assert_eq!(count_table_triggers(&mut c), 0);
+    assert_sql_error(&mut c, "SELECT webhooks.import_hasura_metadata('[]')", "22023", &["must be a JSON object"]);
+}

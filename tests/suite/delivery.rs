@@ -466,3 +466,39 @@ fn cleanup_removes_only_finished_events_older_than_the_cutoff() {
     pg_webhooks_tests::assert_sql_error(&mut c, "SELECT webhooks.cleanup_event_logs(NULL, interval '-1 day')", "22023", &["older_than"]);
     c.batch_execute("SELECT webhooks.resume_event_trigger('d_clean')").unwrap();
 }
+
+#[test]
+fn retention_makes_the_worker_clean_up_and_survives_bad_values() {
+    let (r, mut c) = setup();
+    watch(&mut c, "d_retention", &r.url("/ok/retention"), json!({}));
+    c.batch_execute("INSERT INTO d_retention SELECT g, 'x' FROM generate_series(1, 4) g").unwrap();
+    settled(&mut c, "d_retention");
+    c.batch_execute(
+        "UPDATE webhooks.event_log SET created_at = now() - interval '2 hours'
+         WHERE trigger_name = 'd_retention' AND payload #>> '{data,new,id}' IN ('1', '2')",
+    )
+    .unwrap();
+    let pid: i32 = one(&mut c, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_webhooks'");
+    c.batch_execute("ALTER SYSTEM SET webhooks.retention = 'banana'").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    eventually(WAIT, "a warning about the bad value", || {
+        let log = with_shared_env(SETTINGS, &[], |cl| cl.server_log());
+        log.contains("webhooks.retention = 'banana' is not usable").then_some(())
+    });
+    c.batch_execute("ALTER SYSTEM SET webhooks.retention = '1 hour'").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let left: Vec<String> = eventually(WAIT, "the old events to be removed", || {
+        let ids: Vec<String> = c
+            .query("SELECT payload #>> '{data,new,id}' FROM webhooks.event_log WHERE trigger_name = 'd_retention' ORDER BY 1", &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        (ids.len() == 2).then_some(ids)
+    });
+    assert_eq!(left, vec!["3", "4"]);
+    c.batch_execute("ALTER SYSTEM RESET webhooks.retention").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let same: i32 = one(&mut c, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_webhooks'");
+    assert_eq!(same, pid, "a bad retention value does not stop the worker");
+}
