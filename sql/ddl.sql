@@ -9,7 +9,9 @@
 --     DROP COLUMN ... CASCADE, DROP TRIGGER), the event trigger is deleted as
 --     by delete_event_trigger: its undelivered events are archived;
 --   * when the table, its schema or a listed column is renamed, the stored
---     definition follows the new names.
+--     definition follows the new names;
+--   * when pg_restore creates a table trigger of ours, its column
+--     dependencies (which pg_dump does not carry) are recorded again.
 
 CREATE FUNCTION webhooks._capture_trigger_name(name text) RETURNS name
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -90,6 +92,17 @@ DECLARE
     missing text[];
     fresh text[];
 BEGIN
+    IF tg_tag = 'CREATE TRIGGER' THEN
+        -- A table trigger of ours created outside create_event_trigger (by
+        -- pg_restore): give it back its column dependencies.
+        PERFORM webhooks._record_dependencies(et.name)
+        FROM webhooks.event_triggers et
+        JOIN pg_trigger t ON t.tgname = webhooks._capture_trigger_name(et.name)
+                         AND t.tgfoid = 'webhooks.capture()'::regprocedure
+                         AND t.tgparentid = 0
+        WHERE t.oid IN (SELECT objid FROM pg_event_trigger_ddl_commands());
+        RETURN;
+    END IF;
     FOR d IN
         SELECT et.name, et.definition, et.schema_name, et.table_name,
                t.oid AS tgoid, t.tgrelid, n.nspname, c.relname
@@ -135,5 +148,5 @@ CREATE EVENT TRIGGER pg_webhooks_sql_drop ON sql_drop
     EXECUTE FUNCTION webhooks._on_sql_drop();
 
 CREATE EVENT TRIGGER pg_webhooks_ddl_command_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA')
+    WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA', 'CREATE TRIGGER')
     EXECUTE FUNCTION webhooks._on_ddl_command_end();

@@ -273,22 +273,57 @@ fn table_trigger_sql(def: &Definition, table: &Table) -> String {
 /// Makes the table trigger depend on every listed column, as a trigger's
 /// `UPDATE OF` columns do: DROP COLUMN of one is refused (or drops the
 /// trigger, and so the event trigger, with CASCADE), and renames are tracked.
+/// Dependencies already recorded are left alone, so this can run again.
 fn record_column_dependencies(name: &str, table: &Table, attnums: &[i16]) {
     if attnums.is_empty() {
         return;
     }
-    let tgoid = spi(Spi::get_one_with_args::<pg_sys::Oid>(
+    let Some(tgoid) = spi(Spi::get_one_with_args::<pg_sys::Oid>(
         "SELECT oid FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname OPERATOR(pg_catalog.=) $2",
         &[table.oid.into(), table_trigger_name(name).as_str().into()],
-    ))
-    .expect("the table trigger was just created");
+    )) else {
+        return;
+    };
+    let recorded: Vec<i16> = Spi::connect(|c| {
+        spi(c
+            .select(
+                "SELECT refobjsubid::int2 FROM pg_catalog.pg_depend
+                 WHERE classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass AND objid = $1
+                   AND refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND refobjid = $2 AND refobjsubid > 0",
+                None,
+                &[tgoid.into(), table.oid.into()],
+            )
+            .map(Some))
+        .map(|rows| rows.into_iter().filter_map(|r| r.get::<i16>(1).ok().flatten()).collect())
+        .unwrap_or_default()
+    });
     let trigger = pg_sys::ObjectAddress { classId: pg_sys::TriggerRelationId, objectId: tgoid, objectSubId: 0 };
-    for &attnum in attnums {
+    for &attnum in attnums.iter().filter(|a| !recorded.contains(a)) {
         let column =
             pg_sys::ObjectAddress { classId: pg_sys::RelationRelationId, objectId: table.oid, objectSubId: attnum as i32 };
         unsafe { pg_sys::recordDependencyOn(&trigger, &column, pg_sys::DependencyType::DEPENDENCY_NORMAL) };
     }
     unsafe { pg_sys::CommandCounterIncrement() };
+}
+
+/// Records the column dependencies of event trigger `name`'s table trigger
+/// again. pg_dump does not carry them; the DDL event trigger calls this when
+/// pg_restore (or anyone) creates a `pg_webhooks_*` trigger.
+#[pg_extern(schema = "webhooks")]
+fn _record_dependencies(name: &str) {
+    let owner = catalog::extension_owner();
+    catalog::as_owner(owner, || {
+        let Some(stored) = spi(Spi::get_one_with_args::<JsonB>(
+            "SELECT definition FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1",
+            &[name.into()],
+        )) else {
+            return;
+        };
+        let def = Definition::from_stored(&stored.0).or_raise();
+        let table = catalog::resolve_table(&def.table.schema, &def.table.name);
+        let attnums = listed_attnums(&def, &table);
+        record_column_dependencies(name, &table, &attnums);
+    });
 }
 
 fn drop_table_trigger(name: &str, schema: &str, table: &str) {

@@ -502,3 +502,59 @@ fn retention_makes_the_worker_clean_up_and_survives_bad_values() {
     let same: i32 = one(&mut c, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_webhooks'");
     assert_eq!(same, pid, "a bad retention value does not stop the worker");
 }
+
+/// The shape of a value: objects by their keys, arrays by their first
+/// element, scalars by their JSON type.
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(a) => json!([a.first().map(shape)]),
+        Value::String(_) => json!("string"),
+        Value::Number(_) => json!("number"),
+        Value::Bool(_) => json!("boolean"),
+        Value::Null => json!("null"),
+    }
+}
+
+#[test]
+fn payloads_have_the_shape_of_hasuras() {
+    // An UPDATE event as Hasura v2 delivers it (its documented payload), for
+    // a table (id int, name text, tags jsonb) and a request with a role.
+    let hasura = json!({
+        "event": {
+            "session_variables": {"x-hasura-role": "admin"},
+            "op": "UPDATE",
+            "data": {
+                "old": {"id": 1, "name": "a", "tags": {"k": [1]}},
+                "new": {"id": 1, "name": "b", "tags": {"k": [1]}}
+            },
+            "trace_context": {"trace_id": "8b35d6a3ea6e4a8e", "span_id": "5e0d8ad1c1d0ff3a"}
+        },
+        "created_at": "2026-11-29T10:00:00.123456Z",
+        "id": "85558393-c75d-4d2f-9c15-e80591b83894",
+        "delivery_info": {"max_retries": 0, "current_retry": 0},
+        "trigger": {"name": "d_shape"},
+        "table": {"schema": "public", "name": "d_shape"}
+    });
+    let (r, mut c) = setup();
+    c.batch_execute("CREATE TABLE d_shape (id int PRIMARY KEY, name text, tags jsonb)").unwrap();
+    c.execute(
+        "SELECT webhooks.create_event_trigger($1)",
+        &[&json!({"name": "d_shape", "table": "d_shape", "webhook": r.url("/ok/shape"), "update": {"columns": "*"}})],
+    )
+    .unwrap();
+    c.batch_execute(
+        "INSERT INTO d_shape VALUES (1, 'a', '{\"k\": [1]}');
+         BEGIN;
+         SELECT set_config('hasura.user', '{\"x-hasura-role\": \"admin\"}', true);
+         SELECT set_config('hasura.tracecontext', '{\"trace_id\": \"8b35d6a3ea6e4a8e\", \"span_id\": \"5e0d8ad1c1d0ff3a\"}', true);
+         UPDATE d_shape SET name = 'b';
+         COMMIT;",
+    )
+    .unwrap();
+    let ours = r.wait_for("/ok/shape", 1, WAIT).remove(0).json();
+    assert_eq!(shape(&ours), shape(&hasura), "same keys, nesting and value types\nours: {ours}");
+    let created = ours["created_at"].as_str().unwrap();
+    assert!(created.len() >= 20 && created.as_bytes()[10] == b'T', "created_at is ISO 8601: {created}");
+    assert!(uuid::Uuid::parse_str(ours["id"].as_str().unwrap()).is_ok());
+}
