@@ -65,6 +65,9 @@ struct InFlight {
     retry: RetryConf,
     /// The request as logged, secrets redacted (JSON text).
     request_log: String,
+    /// Values taken from the environment for this request (URL parts,
+    /// header values): never logged, scrubbed from what the webhook answers.
+    secrets: Vec<String>,
 }
 
 
@@ -407,6 +410,10 @@ impl Worker {
         let mut headers = Vec::with_capacity(def.headers.len() + 2);
         let mut logged = Vec::with_capacity(def.headers.len() + 2);
         let mut missing = url.as_ref().err().cloned();
+        let mut secrets: Vec<String> = match &def.webhook {
+            Webhook::Url(template) => env_template::variables(template).iter().filter_map(|v| env(v)).collect(),
+            Webhook::FromEnv(_) => url.iter().cloned().collect(),
+        };
         for h in &def.headers {
             match &h.value {
                 HeaderValue::Value(v) => {
@@ -415,7 +422,10 @@ impl Worker {
                 }
                 HeaderValue::FromEnv(var) => {
                     match env(var) {
-                        Some(v) => headers.push((h.name.clone(), v)),
+                        Some(v) => {
+                            secrets.push(v.clone());
+                            headers.push((h.name.clone(), v));
+                        }
                         None => missing = Some(format!("environment variable \"{var}\" is not set")),
                     }
                     logged.push(serde_json::json!({"name": h.name, "value": format!("<redacted: from env {var}>")}));
@@ -440,6 +450,7 @@ impl Worker {
                 tries_before: event.tries,
                 retry: def.retry_conf,
                 request_log,
+                secrets,
             },
         );
         if let Some(error) = missing {
@@ -464,6 +475,8 @@ impl Worker {
                 .and_then(|r| r.header("retry-after"))
                 .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
             let verdict = retry::classify(status, retry_after, f.tries_before, &f.retry);
+            let response = scrub(o.response_json(), &f.secrets);
+            let happened = scrub_text(what_happened(&o), &f.secrets);
             let (code, delay) = match verdict {
                 Verdict::Delivered => {
                     self.shared.delivered.fetch_add(1, Ordering::Relaxed);
@@ -474,7 +487,7 @@ impl Worker {
                         "pg_webhooks: event {} of trigger \"{}\" failed ({}); retry in {:.1}s",
                         f.event_id,
                         f.trigger,
-                        what_happened(&o),
+                        happened,
                         d.as_secs_f64()
                     );
                     ('r', d.as_secs_f64())
@@ -486,7 +499,7 @@ impl Worker {
                         f.event_id,
                         f.trigger,
                         f.tries_before + 1,
-                        what_happened(&o)
+                        happened
                     );
                     ('f', 0.0)
                 }
@@ -497,7 +510,7 @@ impl Worker {
                 trigger: f.trigger,
                 status: status.map(i32::from),
                 request: f.request_log,
-                response: JsonB(o.response_json()),
+                response: JsonB(response),
                 started_epoch: o.started.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
                 duration_ms: o.duration.as_secs_f64() * 1000.0,
                 verdict: code,
@@ -536,6 +549,30 @@ impl Worker {
             store::unlock(rest);
         }));
         self.in_flight.clear();
+    }
+}
+
+/// Replaces every secret (a value from the environment) in a text by a
+/// marker. Short values are left alone: they would match by accident.
+fn scrub_text(mut text: String, secrets: &[String]) -> String {
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        if text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), "<redacted>");
+        }
+    }
+    text
+}
+
+/// `scrub_text` over a JSON value (a webhook may echo what it was sent).
+fn scrub(v: serde_json::Value, secrets: &[String]) -> serde_json::Value {
+    if secrets.is_empty() {
+        return v;
+    }
+    match v {
+        serde_json::Value::String(s) => serde_json::Value::String(scrub_text(s, secrets)),
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(|x| scrub(x, secrets)).collect()),
+        serde_json::Value::Object(m) => serde_json::Value::Object(m.into_iter().map(|(k, x)| (k, scrub(x, secrets))).collect()),
+        other => other,
     }
 }
 

@@ -14,6 +14,7 @@
 //! | `/trickle/...` | a 200 whose body comes one byte every 200 ms, 100 bytes |
 //! | `/big/...` | a 200 with a 10 MB body |
 //! | `/garbage/...` | bytes that are not HTTP |
+//! | `/echo/...` | 400 whose body and `X-Echo` header repeat the request's headers |
 //!
 //! Connections are kept alive, as a real webhook's would be.
 
@@ -195,7 +196,7 @@ fn serve(stream: TcpStream, state: Arc<(Mutex<State>, Condvar)>, stop: Arc<Atomi
                 Err(_) => return,
             }
         }
-        let req = Received { method, path: path.clone(), headers, body: String::from_utf8_lossy(&body).into_owned(), at: Instant::now() };
+        let req = Received { method, path: path.clone(), headers: headers.clone(), body: String::from_utf8_lossy(&body).into_owned(), at: Instant::now() };
         let attempt_of_event = {
             let (lock, cv) = &*state;
             let mut s = lock.lock().unwrap();
@@ -206,7 +207,7 @@ fn serve(stream: TcpStream, state: Arc<(Mutex<State>, Condvar)>, stop: Arc<Atomi
             cv.notify_all();
             n
         };
-        if !answer(&mut out, &path, attempt_of_event, &stop) {
+        if !answer(&mut out, &path, attempt_of_event, &stop, &headers) {
             return;
         }
     }
@@ -232,7 +233,7 @@ fn respond(out: &mut TcpStream, status: u16, extra: &str, body: &str) -> bool {
 }
 
 /// Answers one request; false when the connection is done.
-fn answer(out: &mut TcpStream, path: &str, attempt_of_event: usize, stop: &AtomicBool) -> bool {
+fn answer(out: &mut TcpStream, path: &str, attempt_of_event: usize, stop: &AtomicBool, headers: &[(String, String)]) -> bool {
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let num = |i: usize| seg.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
     match seg.first().copied().unwrap_or("") {
@@ -276,6 +277,11 @@ fn answer(out: &mut TcpStream, path: &str, attempt_of_event: usize, stop: &Atomi
         "big" => {
             let body = "y".repeat(10 * 1024 * 1024);
             respond(out, 200, "", &body)
+        }
+        "echo" => {
+            let all: Vec<String> = headers.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            let all = all.join(";");
+            respond(out, 400, &format!("X-Echo: {all}\r\n"), &all)
         }
         "garbage" => {
             let _ = out.write_all(b"this is not HTTP at all\r\n\r\n");

@@ -281,7 +281,7 @@ fn secrets_from_the_environment_are_redacted() {
     watch(
         &mut c,
         "d_redact",
-        "http://{{PGWH_RECEIVER}}/ok/redact",
+        "http://{{PGWH_RECEIVER}}/echo/redact",
         json!({"headers": [{"name": "Authorization", "value_from_env": "PGWH_TEST_SECRET"}]}),
     );
     c.batch_execute("CREATE TABLE d_redact_env (id int PRIMARY KEY)").unwrap();
@@ -291,7 +291,7 @@ fn secrets_from_the_environment_are_redacted() {
     )
     .unwrap();
     c.batch_execute("INSERT INTO d_redact VALUES (1, 'x'); INSERT INTO d_redact_env VALUES (1);").unwrap();
-    let got = r.wait_for("/ok/redact", 1, WAIT).remove(0);
+    let got = r.wait_for("/echo/redact", 1, WAIT).remove(0);
     assert_eq!(got.header("authorization"), Some("s3cr3t-value"), "the webhook gets the secret");
     settled(&mut c, "d_redact");
     settled(&mut c, "d_redact_env");
@@ -300,11 +300,14 @@ fn secrets_from_the_environment_are_redacted() {
         "SELECT string_agg(request::text || response::text, ' ') FROM webhooks.event_invocation_logs
          WHERE trigger_name IN ('d_redact', 'd_redact_env')",
     );
+    assert!(logs.contains("authorization=<redacted>"), "a webhook echoing the secret is scrubbed: {logs}");
     assert!(!logs.contains("s3cr3t-value"), "{logs}");
     assert!(!logs.contains("127.0.0.1:9/from-env"), "{logs}");
     assert!(logs.contains("{{PGWH_RECEIVER}}") && logs.contains("{{PGWH_TEST_URL}}"), "{logs}");
     let definitions: String = one(&mut c, "SELECT string_agg(definition::text, ' ') FROM webhooks.event_triggers");
     assert!(!definitions.contains("s3cr3t-value"));
+    let server_log = with_shared_env(SETTINGS, &[], |cl| cl.server_log());
+    assert!(!server_log.contains("s3cr3t-value"), "no secret in the server log");
 }
 
 #[test]
