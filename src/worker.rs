@@ -474,7 +474,7 @@ impl Worker {
                 .as_ref()
                 .and_then(|r| r.header("retry-after"))
                 .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-            let verdict = retry::classify(status, retry_after, f.tries_before, &f.retry);
+            let verdict = retry::classify(o.completed_status(), retry_after, f.tries_before, &f.retry);
             let response = scrub(o.response_json(), &f.secrets);
             let happened = scrub_text(what_happened(&o), &f.secrets);
             let (code, delay) = match verdict {

@@ -85,6 +85,17 @@ impl Outcome {
         self.response.as_ref().map(|r| r.status)
     }
 
+    /// The status that decides the attempt: none when the exchange did not
+    /// complete, even if a status line came (a body cut off by the timeout
+    /// is a failed attempt, to be retried).
+    pub fn completed_status(&self) -> Option<u16> {
+        if self.error.is_some() {
+            None
+        } else {
+            self.status()
+        }
+    }
+
     /// The response as stored in `event_invocation_logs.response`.
     pub fn response_json(&self) -> Value {
         match (&self.response, &self.error) {
@@ -164,7 +175,13 @@ impl Client {
         // Read one byte past the limit to know whether the body was cut.
         let mut buf = Vec::new();
         let read = resp.body_mut().as_reader().take(self.max_body as u64 + 1).read_to_end(&mut buf);
-        let read_error = read.err().map(|e| format!("reading the response body failed: {e}"));
+        let read_error = read.err().map(|e| {
+            if e.kind() == std::io::ErrorKind::TimedOut || e.to_string().contains("timeout") {
+                format!("timed out reading the response body ({e})")
+            } else {
+                format!("reading the response body failed: {e}")
+            }
+        });
         let body_truncated = buf.len() > self.max_body;
         buf.truncate(self.max_body);
         Ok((Response { status, headers, body: String::from_utf8_lossy(&buf).into_owned(), body_truncated }, read_error))
