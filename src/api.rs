@@ -17,6 +17,7 @@ use webhooks_core::{ApiError, SqlState};
 
 use crate::catalog::{self, Table};
 use crate::errors::{raise, spi, OrRaise};
+use crate::json_arg::JsonArg;
 
 /// The table trigger that captures rows for event trigger `name`.
 pub fn table_trigger_name(name: &str) -> String {
@@ -26,8 +27,8 @@ pub fn table_trigger_name(name: &str) -> String {
 /// Creates an event trigger, or replaces it with `"replace": true`. Returns
 /// the stored definition with every default filled in.
 #[pg_extern(schema = "webhooks")]
-fn create_event_trigger(args: Option<JsonB>) -> JsonB {
-    JsonB(create(&not_null("args", args).0))
+fn create_event_trigger(args: Option<JsonArg>) -> JsonB {
+    JsonB(create(&not_null("args", args).value("args")))
 }
 
 /// Deletes an event trigger. Its undelivered events are archived, never sent.
@@ -44,8 +45,8 @@ fn redeliver_event(event_id: Option<pgrx::Uuid>) {
 
 /// Enqueues a MANUAL event with `data = {"old": null, "new": payload}`.
 #[pg_extern(schema = "webhooks")]
-fn invoke_event_trigger(name: Option<&str>, payload: Option<JsonB>) -> pgrx::Uuid {
-    invoke(not_null("name", name), &not_null("payload", payload).0)
+fn invoke_event_trigger(name: Option<&str>, payload: Option<JsonArg>) -> pgrx::Uuid {
+    invoke(not_null("name", name), &not_null("payload", payload).value("payload"))
 }
 
 /// Stops delivery for one trigger; capture goes on.
@@ -79,8 +80,8 @@ fn set_paused(name: &str, paused: bool) {
 /// Runs a Hasura API body: `{"type": ..., "args": ...}`, v1 or v2 names, or
 /// `bulk` (all or nothing). Answers as Hasura does.
 #[pg_extern(schema = "webhooks")]
-fn query(body: Option<JsonB>) -> JsonB {
-    let request = query::parse(&not_null("body", body).0).or_raise();
+fn query(body: Option<JsonArg>) -> JsonB {
+    let request = query::parse(&not_null("body", body).value("body")).or_raise();
     JsonB(run(request))
 }
 
@@ -148,8 +149,8 @@ fn within<R>(context: &str, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
 /// nothing. Returns `{"created": [names], "unsupported": [{"trigger", "key",
 /// "reason"}, ...]}`.
 #[pg_extern(schema = "webhooks")]
-fn import_hasura_metadata(metadata: Option<JsonB>) -> JsonB {
-    let import = webhooks_core::hasura_metadata::parse(&not_null("metadata", metadata).0).or_raise();
+fn import_hasura_metadata(metadata: Option<JsonArg>) -> JsonB {
+    let import = webhooks_core::hasura_metadata::parse(&not_null("metadata", metadata).value("metadata")).or_raise();
     let mut created = Vec::with_capacity(import.creates.len());
     for args in import.creates {
         let name = args["name"].as_str().unwrap_or("").to_string();

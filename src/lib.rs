@@ -10,6 +10,7 @@
 //! - [`catalog`]: lookups of tables, columns and the extension owner, and
 //!   running SQL with the owner's rights.
 //! - [`errors`]: raising `ApiError`s with their SQLSTATE.
+//! - [`json_arg`]: jsonb arguments that never fail as internal errors.
 //! - [`settings`]: the `webhooks.*` settings.
 //! - [`shmem`]: shared memory: the worker's latch and counters.
 //! - [`wake`]: waking the worker once per committing transaction.
@@ -24,6 +25,7 @@ mod api;
 mod capture;
 mod catalog;
 mod errors;
+mod json_arg;
 mod settings;
 mod shmem;
 mod status;
