@@ -5,7 +5,7 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup build install test unit demo bench bench-quick clean
+.PHONY: all setup build install test unit demo bench bench-quick soak clean
 
 all: build
 
@@ -27,6 +27,10 @@ test: install
 
 unit:
 	$(CARGO) test -p pg_webhooks_core
+
+# The 10-minute soak (docs/reliability.md); make test runs a 20-second one.
+soak: install
+	PGWH_SOAK_SECS=600 $(CARGO) test -p pg_webhooks_tests --test soak -- --nocapture
 
 demo: install
 	@bash scripts/demo.sh

@@ -14,6 +14,7 @@
 //! | `/trickle/...` | a 200 whose body comes one byte every 200 ms, 100 bytes |
 //! | `/big/...` | a 200 with a 10 MB body |
 //! | `/garbage/...` | bytes that are not HTTP |
+//! | `/flaky/P/...` | 500 for the first attempt of P% of the events (by `webhook-id`), else 200 |
 //! | `/echo/...` | 400 whose body and `X-Echo` header repeat the request's headers |
 //!
 //! Connections are kept alive, as a real webhook's would be.
@@ -234,6 +235,11 @@ fn respond(out: &mut TcpStream, status: u16, extra: &str, body: &str) -> bool {
 
 /// Answers one request; false when the connection is done.
 fn answer(out: &mut TcpStream, path: &str, attempt_of_event: usize, stop: &AtomicBool, headers: &[(String, String)]) -> bool {
+    let event_hash = headers
+        .iter()
+        .find(|(n, _)| n == "webhook-id")
+        .map(|(_, v)| v.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)))
+        .unwrap_or(0);
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let num = |i: usize| seg.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
     match seg.first().copied().unwrap_or("") {
@@ -277,6 +283,13 @@ fn answer(out: &mut TcpStream, path: &str, attempt_of_event: usize, stop: &Atomi
         "big" => {
             let body = "y".repeat(10 * 1024 * 1024);
             respond(out, 200, "", &body)
+        }
+        "flaky" => {
+            if attempt_of_event == 1 && event_hash % 100 < num(1) {
+                respond(out, 500, "", "flaky")
+            } else {
+                respond(out, 200, "", "ok")
+            }
         }
         "echo" => {
             let all: Vec<String> = headers.iter().map(|(n, v)| format!("{n}={v}")).collect();
