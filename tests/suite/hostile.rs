@@ -225,3 +225,22 @@ fn huge_rows_are_captured_and_delivered() {
         (one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE trigger_name IN ('big_row', 'wide') AND delivered") == 3).then_some(())
     });
 }
+
+#[test]
+fn nul_bad_escapes_and_duplicate_keys_get_an_error_not_a_crash() {
+    let (_, mut c) = setup();
+    for (sql, code) in [
+        // NUL and a lone surrogate cannot even become jsonb.
+        (r#"SELECT webhooks.create_event_trigger('{"name": "a\u0000b", "table": "fuzz", "webhook": "http://h.example"}')"#, "22P05"),
+        (r#"SELECT webhooks.create_event_trigger('{"name": "\ud800", "table": "fuzz", "webhook": "http://h.example"}')"#, "22P02"),
+        (r#"SELECT webhooks.query('{"type": "bulk", "args": [{"type": "x\u0000"}]}')"#, "22P05"),
+        // Duplicate keys: jsonb keeps the last one, which is checked like any other.
+        (r#"SELECT webhooks.create_event_trigger('{"name": "ok_name", "name": "1bad", "table": "fuzz", "webhook": "http://h.example"}')"#, "22023"),
+        // Control characters and a 1 MB name.
+        (r#"SELECT webhooks.create_event_trigger('{"name": "a\u0007b", "table": "fuzz", "webhook": "http://h.example"}')"#, "22023"),
+        ("SELECT webhooks.create_event_trigger(jsonb_build_object('name', repeat('n', 1000000), 'table', 'fuzz', 'webhook', 'http://h.example'))", "22023"),
+    ] {
+        pg_webhooks_tests::assert_sql_error(&mut c, sql, code, &[]);
+    }
+    assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_triggers WHERE name IN ('ok_name', '1bad')"), 0);
+}
