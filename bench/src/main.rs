@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pg_webhooks_bench::FastReceiver;
-use pg_webhooks_tests::Cluster;
+use pg_webhooks_tests::{worker_pid, Cluster};
 use postgres::Client;
 use serde_json::json;
 
@@ -259,16 +259,6 @@ fn pgbench(cluster: &Cluster, script: &std::path::Path, secs: u32) -> f64 {
 }
 
 // ---------------------------------------------------------------- delivery
-
-fn worker_pid(c: &mut Client) -> i32 {
-    for _ in 0..200 {
-        if let Some(r) = c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_webhooks'", &[]).unwrap() {
-            return r.get(0);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no worker");
-}
 
 /// Restarts the worker, so that its peak memory counts from this run.
 fn fresh_worker(c: &mut Client) -> i32 {

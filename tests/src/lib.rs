@@ -102,3 +102,25 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The delivery worker's pid, once it shows in pg_stat_activity.
+pub fn worker_pid(client: &mut postgres::Client) -> i32 {
+    eventually(Duration::from_secs(60), "the worker in pg_stat_activity", || {
+        client
+            .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_webhooks'", &[])
+            .ok()
+            .flatten()
+            .map(|row| row.get(0))
+    })
+}
+
+/// A process's private memory (RssAnon) in MB.
+pub fn private_memory_mb(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .unwrap_or(0.0)
+        / 1024.0
+}

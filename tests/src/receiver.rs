@@ -14,6 +14,7 @@
 //! | `/trickle/...` | a 200 whose body comes one byte every 200 ms, 100 bytes |
 //! | `/big/...` | a 200 with a 10 MB body |
 //! | `/garbage/...` | bytes that are not HTTP |
+//! | `/retry-after-raw/V/...` | 503 with `Retry-After: V` (V taken as it is) |
 //! | `/flaky/P/...` | 500 for the first attempt of P% of the events (by `webhook-id`), else 200 |
 //! | `/echo/...` | 400 whose body and `X-Echo` header repeat the request's headers |
 //!
@@ -99,12 +100,19 @@ impl Receiver {
         self.state.0.lock().unwrap().received.clone()
     }
 
+    /// How many distinct events (`webhook-id`s) arrived; cheap, unlike
+    /// scanning `received()`.
+    pub fn distinct_events(&self) -> usize {
+        self.state.0.lock().unwrap().per_event.len()
+    }
+
     /// Requests whose path starts with `prefix`.
     pub fn received_on(&self, prefix: &str) -> Vec<Received> {
         self.received().into_iter().filter(|r| r.path.starts_with(prefix)).collect()
     }
 
     /// Waits until `pred` holds for the requests so far; panics after `timeout`.
+    /// The receiver answers nobody while `pred` runs: keep it cheap.
     #[track_caller]
     pub fn wait_until(&self, timeout: Duration, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
         let deadline = Instant::now() + timeout;
@@ -284,6 +292,7 @@ fn answer(out: &mut TcpStream, path: &str, attempt_of_event: usize, stop: &Atomi
             let body = "y".repeat(10 * 1024 * 1024);
             respond(out, 200, "", &body)
         }
+        "retry-after-raw" => respond(out, 503, &format!("Retry-After: {}\r\n", seg.get(1).copied().unwrap_or("")), "later"),
         "flaky" => {
             if attempt_of_event == 1 && event_hash % 100 < num(1) {
                 respond(out, 500, "", "flaky")

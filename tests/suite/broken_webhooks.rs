@@ -5,7 +5,7 @@
 use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
-use pg_webhooks_tests::{eventually, one, with_shared_env, Receiver};
+use pg_webhooks_tests::{eventually, one, private_memory_mb, with_shared_env, worker_pid, Receiver};
 use postgres::Client;
 use serde_json::{json, Value};
 
@@ -41,7 +41,7 @@ struct Case {
 }
 
 fn run(cases: Vec<Case>) {
-    let (r, mut c) = setup();
+    let (_, mut c) = setup();
     // The healthy trigger (see setup) must keep flowing meanwhile.
     for case in &cases {
         c.batch_execute(&format!("CREATE TABLE {} (id int PRIMARY KEY)", case.name)).unwrap();
@@ -136,19 +136,7 @@ fn retry_after_values_that_are_garbage_negative_or_zero_fall_back_to_the_interva
 #[test]
 fn the_worker_memory_stays_bounded_with_10mb_answers() {
     let (r, mut c) = setup();
-    let pid: i32 = eventually(WAIT, "the worker", || {
-        c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_webhooks'", &[]).unwrap().map(|row| row.get(0))
-    });
-    let rss = |pid: i32| -> f64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with("RssAnon:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|k| k.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
+    let pid = worker_pid(&mut c);
     c.batch_execute("CREATE TABLE b_mem (id int PRIMARY KEY)").unwrap();
     c.execute(
         "SELECT webhooks.create_event_trigger($1)",
@@ -158,9 +146,43 @@ fn the_worker_memory_stays_bounded_with_10mb_answers() {
     c.batch_execute("INSERT INTO b_mem SELECT g FROM generate_series(1, 60) g").unwrap();
     let mut peak: f64 = 0.0;
     eventually(WAIT, "60 big answers", || {
-        peak = peak.max(rss(pid));
+        peak = peak.max(private_memory_mb(pid));
         (one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE trigger_name = 'b_mem' AND delivered") == 60).then_some(())
     });
     eprintln!("worker private memory peak with 60 answers of 10 MB: {peak:.1} MB");
     assert!(peak < 64.0, "bodies are read up to the limit, not whole: {peak:.1} MB");
+}
+
+#[test]
+fn retry_after_that_is_negative_or_garbage_is_ignored_and_huge_is_capped() {
+    let (r, mut c) = setup();
+    // Ignored: the interval (0) applies, both attempts happen.
+    run(vec![
+        Case { name: "b_ra_negative", webhook: r.url("/retry-after-raw/-5/x"), retry: retries(1), attempts: 2, delivered: false, status: Some(503), logged: None },
+        Case { name: "b_ra_garbage", webhook: r.url("/retry-after-raw/soon/x"), retry: retries(1), attempts: 2, delivered: false, status: Some(503), logged: None },
+    ]);
+    // Capped: one attempt, the next one due in an hour, not in 3 years.
+    c.batch_execute("CREATE TABLE b_ra_huge (id int PRIMARY KEY)").unwrap();
+    c.execute(
+        "SELECT webhooks.create_event_trigger($1)",
+        &[&json!({"name": "b_ra_huge", "table": "b_ra_huge", "webhook": r.url("/retry-after-raw/99999999/x"),
+                  "insert": {"columns": "*"}, "retry_conf": {"num_retries": 1, "interval_sec": 0}})],
+    )
+    .unwrap();
+    c.batch_execute("INSERT INTO b_ra_huge VALUES (1)").unwrap();
+    let due_in: f64 = eventually(WAIT, "the first attempt", || {
+        c.query_opt(
+            "SELECT extract(epoch FROM next_retry_at - now())::float8 FROM webhooks.event_log
+             WHERE trigger_name = 'b_ra_huge' AND tries = 1 AND locked IS NULL",
+            &[],
+        )
+        .unwrap()
+        .map(|row| row.get(0))
+    });
+    assert!((3500.0..3700.0).contains(&due_in), "Retry-After capped at one hour: due in {due_in} s");
+    let state: (bool, bool) = {
+        let row = c.query_one("SELECT delivered, error FROM webhooks.event_log WHERE trigger_name = 'b_ra_huge'", &[]).unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(state, (false, false), "still pending: Retry-After never removes an attempt");
 }

@@ -308,14 +308,28 @@ fn a_hostile_search_path_cannot_change_capture() {
          CREATE SCHEMA evil;
          CREATE FUNCTION evil.to_jsonb(anyelement) RETURNS jsonb LANGUAGE sql AS $$ SELECT '\"forged\"'::jsonb $$;
          CREATE FUNCTION evil.jsonb_build_object(VARIADIC text[]) RETURNS jsonb LANGUAGE sql AS $$ SELECT '\"forged\"'::jsonb $$;
-         CREATE TABLE evil.event_log (LIKE webhooks.event_log);",
+         CREATE TABLE evil.event_log (LIKE webhooks.event_log);
+         CREATE FUNCTION evil.concat(jsonb, jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT '\"forged\"'::jsonb $$;
+         CREATE OPERATOR evil.|| (LEFTARG = jsonb, RIGHTARG = jsonb, FUNCTION = evil.concat);
+         CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = pg_catalog.textne);",
     )
     .unwrap();
     create(&mut c, trigger("t_ins", json!("t"), json!({"insert": {"columns": "*", "payload": ["v"]}})));
-    c.batch_execute("SET search_path = evil, pg_catalog, public; INSERT INTO public.t VALUES (1, 'real');").unwrap();
+    // A payload list longer than 50 columns is joined with ||: it must be pg_catalog's.
+    let cols: Vec<String> = (1..=60).map(|i| format!("c{i} int DEFAULT {i}")).collect();
+    c.batch_execute(&format!("CREATE TABLE wide60 (id int, {})", cols.join(", "))).unwrap();
+    let names: Vec<String> = (1..=60).map(|i| format!("c{i}")).collect();
+    create(&mut c, trigger("wide60", json!("wide60"), json!({"insert": {"columns": "*", "payload": names}})));
+    c.batch_execute(
+        "SET search_path = evil, pg_catalog, public; INSERT INTO public.t VALUES (1, 'real'); INSERT INTO public.wide60 (id) VALUES (1);",
+    )
+    .unwrap();
     c.batch_execute("RESET search_path").unwrap();
     let (_, data) = events(&mut c).remove(0);
     assert_eq!(data["new"], json!({"v": "real"}));
+    let wide: Value = one(&mut c, "SELECT payload->'data'->'new' FROM webhooks.event_log WHERE trigger_name = 'wide60'");
+    assert_eq!(wide.as_object().map(|o| o.len()), Some(60), "{wide}");
+    assert_eq!(wide["c60"], json!(60));
     assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM evil.event_log"), 0);
 }
 

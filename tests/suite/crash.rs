@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use pg_webhooks_tests::{eventually, Cluster, Receiver};
+use pg_webhooks_tests::{eventually, worker_pid, Cluster, Receiver};
 use serde_json::json;
 
 const EVENTS: i64 = 3000;
@@ -62,7 +62,7 @@ fn sigkill_of_the_worker_loses_nothing() {
     let r = Receiver::start();
     let (cluster, mut c) = start_stream(&r);
     r.wait_for("/slow/2/stream", 300, WAIT);
-    let pid: i32 = c.query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_webhooks'", &[]).unwrap().get(0);
+    let pid = worker_pid(&mut c);
     unsafe { libc::kill(pid, libc::SIGKILL) };
     drop(c);
     let duplicates = all_delivered(&cluster, &r);
@@ -101,11 +101,7 @@ fn the_worker_survives_drop_extension_and_waits_for_it() {
     let r = Receiver::start();
     let cluster = Cluster::start("webhooks.poll_interval = '100ms'\n");
     let mut c = cluster.connect("postgres");
-    let worker = |c: &mut postgres::Client| -> i32 {
-        eventually(WAIT, "the worker", || {
-            c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_webhooks'", &[]).unwrap().map(|r| r.get(0))
-        })
-    };
+    let worker = worker_pid;
     let before = worker(&mut c);
     for round in 0..2 {
         c.batch_execute("CREATE EXTENSION pg_webhooks; CREATE TABLE IF NOT EXISTS t (id int)").unwrap();

@@ -330,9 +330,7 @@ fn a_hanging_webhook_does_not_hold_back_other_triggers() {
 #[test]
 fn the_worker_is_visible_and_reloads_settings() {
     let (r, mut c) = setup();
-    let pid: i32 = eventually(WAIT, "the worker in pg_stat_activity", || {
-        c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_webhooks'", &[]).unwrap().map(|row| row.get(0))
-    });
+    let pid = pg_webhooks_tests::worker_pid(&mut c);
     let db: String = one(&mut c, &format!("SELECT datname::text FROM pg_stat_activity WHERE pid = {pid}"));
     assert_eq!(db, "postgres");
     c.batch_execute("ALTER SYSTEM SET webhooks.batch_size = 3").unwrap();

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pg_webhooks_tests::{eventually, Cluster, Receiver};
+use pg_webhooks_tests::{eventually, worker_pid, Cluster, Receiver};
 use serde_json::json;
 
 const EVENTS: i64 = 20_000;
@@ -88,12 +88,6 @@ fn all_received(s: Stream, receivers: &[&Receiver], since: Instant) -> (usize, f
     let total: usize = receivers.iter().map(|r| r.received().len()).sum();
     let secs = since.elapsed().as_secs_f64();
     (total.saturating_sub(ids.len()), secs)
-}
-
-fn worker_pid(c: &mut postgres::Client) -> i32 {
-    eventually(WAIT, "the worker", || {
-        c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_webhooks'", &[]).ok().flatten().map(|r| r.get(0))
-    })
 }
 
 fn report(fault: &str, (duplicates, secs): (usize, f64)) {

@@ -4,10 +4,9 @@
 //! private memory, the age of the worker's transaction and the event log's
 //! dead rows; at the end no event is lost.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use pg_webhooks_tests::{eventually, Cluster, Receiver};
+use pg_webhooks_tests::{eventually, private_memory_mb, Cluster, Receiver};
 use serde_json::json;
 
 #[test]
@@ -46,13 +45,7 @@ fn steady_load_with_failures_and_retries() {
                 )
                 .unwrap();
             let pid: i32 = row.get(0);
-            let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap_or_default()
-                .lines()
-                .find(|l| l.starts_with("RssAnon:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
-                .unwrap_or(0.0)
-                / 1024.0;
+            let rss = private_memory_mb(pid);
             let sample = (start.elapsed().as_secs(), rss, row.get::<_, f64>(1), row.get::<_, i64>(2), row.get::<_, i64>(3));
             eprintln!("SOAK t={}s worker_rss={:.1}MB worker_xact_age={:.3}s event_log_dead={} event_log_rows={}", sample.0, sample.1, sample.2, sample.3, sample.4);
             samples.push(sample);
@@ -63,17 +56,19 @@ fn steady_load_with_failures_and_retries() {
     }
     let rate = id as f64 / start.elapsed().as_secs_f64();
     assert!(rate >= 1000.0, "the load was at least 1,000 events/s ({rate:.0})");
-    // Nothing lost: every id written reached the receiver.
-    let want: HashSet<i64> = (1..=id).collect();
-    r.wait_until(Duration::from_secs(120), "every soak event", |got| {
-        let seen: HashSet<i64> = got.iter().filter_map(|g| g.json()["event"]["data"]["new"]["id"].as_i64()).collect();
-        want.is_subset(&seen)
+    // Nothing lost: as many distinct events reached the receiver as rows
+    // were written (one event each, one trigger).
+    eventually(Duration::from_secs(120), "every soak event at the receiver", || {
+        (r.distinct_events() as i64 >= id).then_some(())
     });
     let failed_first = r.received().len() as i64 - id;
     eprintln!("SOAK {id} events in {secs} s ({rate:.0}/s), {failed_first} retried after a failed first attempt, all received");
     assert!(failed_first > 0, "some first attempts failed and were retried");
     for s in &samples {
         assert!(s.2 < 5.0, "no worker transaction older than the HTTP timeout: {s:?}");
+        // Every event row is updated twice (claim, record): autovacuum keeps
+        // the dead ones below a few seconds' worth.
+        assert!(s.3 < 20_000, "autovacuum keeps up with event_log: {s:?}");
     }
     // After the first 10 s of warm-up (threads, connections, caches), the
     // worker's private memory stays within twice what it was then.
