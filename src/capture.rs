@@ -4,23 +4,24 @@
 //!
 //! This is the hot path of every write to a watched table, so the work is
 //! split in two. Once per backend and trigger, [`compile`] reads the
-//! definition, resolves its columns against the firing relation (a partition
-//! may number them differently from its parent) and prepares one INSERT plan
-//! per operation. Per row, the trigger only compares the watched columns (for
-//! UPDATE) and executes the prepared plan, with the row passed as a
-//! composite value so PostgreSQL's own `to_jsonb` renders it.
+//! definition and resolves its columns against the firing relation (a
+//! partition may number them differently from its parent). Per row, the
+//! trigger only compares the watched columns (for UPDATE), builds the
+//! payload in one pass ([`payload`]) and appends the event ([`append`]); no
+//! SQL runs.
 //!
 //! Compiled entries are keyed by the trigger's OID and dropped when the
 //! relation's relcache entry is invalidated: `create_event_trigger` with
 //! `replace` rewrites the trigger (CREATE OR REPLACE TRIGGER), and DDL on the
 //! table does the same, so every backend recompiles on its next row.
 //!
-//! Capture runs with the extension owner's rights: the writing role needs no
-//! privilege on schema webhooks. Every name in the generated SQL is
-//! schema-qualified, so the caller's `search_path` cannot change it.
+//! The definition is read with the extension owner's rights, and the event
+//! is written without any privilege check: the writing role needs no
+//! privilege on schema webhooks, and its `search_path` changes nothing.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::ffi::{CStr, CString};
 
 use pgrx::prelude::*;
@@ -28,21 +29,31 @@ use pgrx::trigger_support::{
     trigger_fired_after, trigger_fired_by_delete, trigger_fired_by_insert, trigger_fired_by_truncate, trigger_fired_for_row,
 };
 use pgrx::PgTupleDesc;
-use pgrx::spi::{quote_identifier, quote_literal};
 use webhooks_core::definition::{Columns, Definition, OpSpec};
 
-use crate::catalog;
 use crate::errors::spi;
+use crate::payload::{self, RowToJsonb, Shape};
+use crate::{append, catalog};
 
 /// One compiled trigger, valid until its relation is invalidated.
 struct Compiled {
     relid: pg_sys::Oid,
-    owner: pg_sys::Oid,
-    insert: Option<pg_sys::SPIPlanPtr>,
-    update: Option<pg_sys::SPIPlanPtr>,
-    delete: Option<pg_sys::SPIPlanPtr>,
+    insert: Option<Shape>,
+    update: Option<Shape>,
+    delete: Option<Shape>,
     /// The columns whose change makes an UPDATE an event.
     watched: Vec<Watched>,
+    /// The event's trigger, schema and table names as text datums, and
+    /// `to_jsonb` for the relation's row type, all allocated in `cxt`.
+    names: [pg_sys::Datum; 3],
+    to_jsonb: Option<RowToJsonb>,
+    cxt: pg_sys::MemoryContext,
+}
+
+impl Drop for Compiled {
+    fn drop(&mut self) {
+        unsafe { pg_sys::MemoryContextDelete(self.cxt) };
+    }
 }
 
 /// A watched column and how to compare its old and new value.
@@ -57,7 +68,7 @@ struct Watched {
 }
 
 thread_local! {
-    static COMPILED: RefCell<HashMap<pg_sys::Oid, Compiled>> = RefCell::new(HashMap::new());
+    static COMPILED: RefCell<HashMap<pg_sys::Oid, Rc<Compiled>>> = RefCell::new(HashMap::new());
     /// Relations invalidated since the last row.
     static STALE: RefCell<Option<Vec<pg_sys::Oid>>> = const { RefCell::new(None) };
     /// Every relation was invalidated (or the list was busy).
@@ -93,7 +104,7 @@ fn sweep_stale() {
     if !all && rels.is_none() {
         return;
     }
-    let dropped: Vec<Compiled> = COMPILED.with(|c| {
+    let dropped: Vec<Rc<Compiled>> = COMPILED.with(|c| {
         let mut c = c.borrow_mut();
         let keys: Vec<pg_sys::Oid> = c
             .iter()
@@ -102,11 +113,7 @@ fn sweep_stale() {
             .collect();
         keys.into_iter().filter_map(|k| c.remove(&k)).collect()
     });
-    for e in dropped {
-        for plan in [e.insert, e.update, e.delete].into_iter().flatten() {
-            unsafe { pg_sys::SPI_freeplan(plan) };
-        }
-    }
+    drop(dropped);
 }
 
 #[pg_schema]
@@ -136,62 +143,35 @@ unsafe fn capture_row(td: &pg_sys::TriggerData) {
     let have = COMPILED.with(|c| c.borrow().contains_key(&trigger.tgoid));
     if !have {
         let compiled = compile(trigger, rel);
-        COMPILED.with(|c| c.borrow_mut().insert(trigger.tgoid, compiled));
+        COMPILED.with(|c| c.borrow_mut().insert(trigger.tgoid, Rc::new(compiled)));
     }
 
-    // Copy out what the row needs; the map is not borrowed while SQL runs.
-    let (plan, owner, changed) = COMPILED.with(|c| {
-        let c = c.borrow();
-        let e = &c[&trigger.tgoid];
-        if trigger_fired_by_insert(event) {
-            (e.insert, e.owner, true)
+    // Not borrowed from the map while the event is built: to_jsonb may run
+    // SQL (a type's cast to json), which may fire this trigger again.
+    let e = COMPILED.with(|c| c.borrow()[&trigger.tgoid].clone());
+    {
+        let (op, shape, old, new) = if trigger_fired_by_insert(event) {
+            (c"INSERT", &e.insert, std::ptr::null_mut(), td.tg_trigtuple)
         } else if trigger_fired_by_delete(event) {
-            (e.delete, e.owner, true)
+            (c"DELETE", &e.delete, td.tg_trigtuple, std::ptr::null_mut())
         } else {
-            let changed = e.update.is_some() && e.watched.iter().any(|w| w.changed(td.tg_trigtuple, td.tg_newtuple, tupdesc));
-            (e.update, e.owner, changed)
-        }
-    });
-    let Some(plan) = plan else { return };
-    if !changed {
-        return;
+            if e.update.is_none() || !e.watched.iter().any(|w| w.changed(td.tg_trigtuple, td.tg_newtuple, tupdesc)) {
+                return;
+            }
+            (c"UPDATE", &e.update, td.tg_trigtuple, td.tg_newtuple)
+        };
+        let (Some(shape), Some(to_jsonb)) = (shape, &e.to_jsonb) else { return };
+        let json = |tuple: pg_sys::HeapTuple| if tuple.is_null() { std::ptr::null_mut() } else { to_jsonb.row(tuple, tupdesc) };
+        let payload = payload::build(op, json(old), json(new), shape);
+        append::write(&append::Event {
+            id: new_event_id(),
+            trigger_name: e.names[0],
+            schema_name: e.names[1],
+            table_name: e.names[2],
+            payload,
+        });
+        crate::wake::note_event_written();
     }
-
-    let mut values = [pg_sys::Datum::from(0); 5];
-    let mut nulls = [b' ' as std::ffi::c_char; 5];
-    values[0] = new_event_id().into_datum().unwrap();
-    for (i, name) in [(1, c"hasura.user"), (2, c"hasura.tracecontext")] {
-        match setting(name) {
-            Some(v) => values[i] = pg_sys::Datum::from(pg_sys::cstring_to_text(v.as_ptr())),
-            None => nulls[i] = b'n' as _,
-        }
-    }
-    let (old, new) = if trigger_fired_by_insert(event) {
-        (std::ptr::null_mut(), td.tg_trigtuple)
-    } else if trigger_fired_by_delete(event) {
-        (td.tg_trigtuple, std::ptr::null_mut())
-    } else {
-        (td.tg_trigtuple, td.tg_newtuple)
-    };
-    for (i, tuple) in [(3, old), (4, new)] {
-        if tuple.is_null() {
-            nulls[i] = b'n' as _;
-        } else {
-            values[i] = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
-        }
-    }
-
-    catalog::as_owner(owner, || {
-        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            error!("pg_webhooks: SPI_connect failed");
-        }
-        let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
-        if rc != pg_sys::SPI_OK_INSERT as i32 {
-            error!("pg_webhooks: writing the event failed (SPI code {rc})");
-        }
-        pg_sys::SPI_finish();
-    });
-    crate::wake::note_event_written();
 }
 
 /// A time-ordered (v7) uuid: new events append to the primary key index.
@@ -253,8 +233,7 @@ unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, typlen: i16, typbyval: 
     }
 }
 
-/// Reads the definition and prepares the plans for this trigger on this
-/// relation.
+/// Reads the definition and resolves it against this relation.
 unsafe fn compile(trigger: &pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled {
     if trigger.tgnargs != 1 {
         error!("webhooks.capture() takes the event trigger's name as its one argument");
@@ -272,7 +251,7 @@ unsafe fn compile(trigger: &pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled 
         // The definition is gone but its table trigger is not (someone
         // edited webhooks.event_triggers by hand). Capture nothing.
         warning!("pg_webhooks: event trigger \"{name}\" has no definition; its table trigger captures nothing");
-        return Compiled { relid, owner, insert: None, update: None, delete: None, watched: Vec::new() };
+        return Compiled::empty(relid);
     };
     let def = Definition::from_stored(&stored.0)
         .unwrap_or_else(|e| error!("pg_webhooks: stored definition of \"{name}\" is invalid: {}", e.message));
@@ -317,64 +296,48 @@ unsafe fn compile(trigger: &pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled 
         }
     }
 
-    let rowtype = (*(*rel).rd_rel).reltype;
-    let prepare = |op: &str, spec: &Option<OpSpec>| -> Option<pg_sys::SPIPlanPtr> {
-        let spec = spec.as_ref()?;
-        let old = if op == "INSERT" { "NULL::pg_catalog.jsonb".to_string() } else { row_json("$4", &spec.payload) };
-        let new = if op == "DELETE" { "NULL::pg_catalog.jsonb".to_string() } else { row_json("$5", &spec.payload) };
-        let sql = format!(
-            "INSERT INTO webhooks.event_log (id, trigger_name, schema_name, table_name, payload) \
-             VALUES ($1, {name}, {schema}, {table}, pg_catalog.jsonb_build_object(\
-             'op', {op}::pg_catalog.text, \
-             'data', pg_catalog.jsonb_build_object('old', {old}, 'new', {new}), \
-             'session_variables', $2::pg_catalog.jsonb, \
-             'trace_context', $3::pg_catalog.jsonb))",
-            name = quote_literal(&def.name),
-            schema = quote_literal(&def.table.schema),
-            table = quote_literal(&def.table.name),
-            op = quote_literal(op),
-        );
-        Some(catalog::as_owner(owner, || prepare_kept(&sql, rowtype)))
+    let shape = |spec: &Option<OpSpec>| -> Option<Shape> {
+        Some(match &spec.as_ref()?.payload {
+            Columns::All => Shape::Whole,
+            Columns::List(cols) => Shape::Columns(cols.iter().map(|c| CString::new(c.as_str()).expect("column names have no NUL")).collect()),
+        })
     };
-    let insert = prepare("INSERT", &def.insert);
-    let update = prepare("UPDATE", &def.update);
-    let delete = prepare("DELETE", &def.delete);
-    Compiled { relid, owner, insert, update, delete, watched }
+    let mut compiled = Compiled::empty(relid);
+    compiled.insert = shape(&def.insert);
+    compiled.update = shape(&def.update);
+    compiled.delete = shape(&def.delete);
+    compiled.watched = watched;
+    let saved = pg_sys::MemoryContextSwitchTo(compiled.cxt);
+    for (i, text) in [&def.name, &def.table.schema, &def.table.name].into_iter().enumerate() {
+        let text = CString::new(text.as_str()).expect("names have no NUL");
+        compiled.names[i] = pg_sys::Datum::from(pg_sys::cstring_to_text(text.as_ptr()));
+    }
+    pg_sys::MemoryContextSwitchTo(saved);
+    compiled.to_jsonb = Some(RowToJsonb::new((*(*rel).rd_rel).reltype, compiled.cxt));
+    compiled
 }
 
-/// The JSON of a row (`param` is a composite parameter): the whole row, or
-/// only the listed columns. jsonb_build_object takes at most 100 arguments,
-/// so long lists are built in pieces and concatenated.
-fn row_json(param: &str, payload: &Columns) -> String {
-    match payload {
-        Columns::All => format!("pg_catalog.to_jsonb({param})"),
-        Columns::List(cols) => cols
-            .chunks(50)
-            .map(|chunk| {
-                let args: Vec<String> = chunk
-                    .iter()
-                    .map(|c| format!("{}::pg_catalog.text, ({param}).{}", quote_literal(c), quote_identifier(c)))
-                    .collect();
-                format!("pg_catalog.jsonb_build_object({})", args.join(", "))
-            })
-            .collect::<Vec<_>>()
-            .join(" OPERATOR(pg_catalog.||) "),
+impl Compiled {
+    /// A trigger that captures nothing, with its own memory context.
+    unsafe fn empty(relid: pg_sys::Oid) -> Compiled {
+        let cxt = pg_sys::AllocSetContextCreateInternal(
+            pg_sys::CacheMemoryContext,
+            c"pg_webhooks capture".as_ptr(),
+            pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+            pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+            pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
+        );
+        Compiled {
+            relid,
+            insert: None,
+            update: None,
+            delete: None,
+            watched: Vec::new(),
+            names: [pg_sys::Datum::from(0); 3],
+            to_jsonb: None,
+            cxt,
+        }
     }
-}
-
-unsafe fn prepare_kept(sql: &str, rowtype: pg_sys::Oid) -> pg_sys::SPIPlanPtr {
-    let csql = CString::new(sql).expect("generated SQL has no NUL");
-    let mut types = [pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::TEXTOID, rowtype, rowtype];
-    if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-        error!("pg_webhooks: SPI_connect failed");
-    }
-    let plan = pg_sys::SPI_prepare(csql.as_ptr(), types.len() as i32, types.as_mut_ptr());
-    if plan.is_null() {
-        error!("pg_webhooks: preparing the capture statement failed: {sql}");
-    }
-    pg_sys::SPI_keepplan(plan);
-    pg_sys::SPI_finish();
-    plan
 }
 
 unsafe fn relation_name(rel: pg_sys::Relation) -> String {

@@ -6,7 +6,8 @@
 //! - [`api`]: the SQL functions of schema `webhooks` (create, delete,
 //!   invoke, redeliver, query).
 //! - [`capture`]: the row trigger that writes events in the writing
-//!   transaction.
+//!   transaction; [`payload`] builds their jsonb and [`append`] writes them
+//!   into the event log.
 //! - [`catalog`]: lookups of tables, columns and the extension owner, and
 //!   running SQL with the owner's rights.
 //! - [`errors`]: raising `ApiError`s with their SQLSTATE.
@@ -22,10 +23,12 @@
 use pgrx::prelude::*;
 
 mod api;
+mod append;
 mod capture;
 mod catalog;
 mod errors;
 mod json_arg;
+mod payload;
 mod settings;
 mod shmem;
 mod status;
@@ -54,6 +57,7 @@ pub extern "C-unwind" fn _PG_init() {
         worker::register();
     }
     capture::init();
+    append::init();
 }
 
 /// Called by CREATE EXTENSION: warns when nothing will be delivered.
