@@ -226,16 +226,34 @@ impl Open {
     }
 }
 
-#[pg_guard]
+// The hooks call the next hook (or PostgreSQL's own function) directly, not
+// through pgrx's guarded wrappers: an ERROR there must reach the caller as
+// PostgreSQL raised it, with every field (position, constraint name...),
+// not re-raised from Rust. Nothing in these frames needs dropping.
+extern "C-unwind" {
+    #[link_name = "standard_ExecutorEnd"]
+    fn pg_standard_executor_end(query: *mut pg_sys::QueryDesc);
+    #[link_name = "standard_ProcessUtility"]
+    fn pg_standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
 unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
     match PREV_EXECUTOR_END {
         Some(prev) => prev(query),
-        None => pg_sys::standard_ExecutorEnd(query),
+        None => pg_standard_executor_end(query),
     }
-    close();
+    statement_done();
 }
 
-#[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -249,8 +267,13 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     match PREV_PROCESS_UTILITY {
         Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-        None => pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        None => pg_standard_process_utility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
     }
+    statement_done();
+}
+
+#[pg_guard]
+extern "C-unwind" fn statement_done() {
     close();
 }
 

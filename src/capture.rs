@@ -32,21 +32,20 @@ use pgrx::PgTupleDesc;
 use webhooks_core::definition::{Columns, Definition, OpSpec};
 
 use crate::errors::spi;
-use crate::payload::{self, RowToJsonb, Shape};
+use crate::payload::{self, Row, RowShape};
 use crate::{append, catalog};
 
 /// One compiled trigger, valid until its relation is invalidated.
 struct Compiled {
     relid: pg_sys::Oid,
-    insert: Option<Shape>,
-    update: Option<Shape>,
-    delete: Option<Shape>,
+    insert: Option<RowShape>,
+    update: Option<RowShape>,
+    delete: Option<RowShape>,
     /// The columns whose change makes an UPDATE an event.
     watched: Vec<Watched>,
-    /// The event's trigger, schema and table names as text datums, and
-    /// `to_jsonb` for the relation's row type, all allocated in `cxt`.
+    /// The event's trigger, schema and table names as text datums; they
+    /// and the shapes are allocated in `cxt`.
     names: [pg_sys::Datum; 3],
-    to_jsonb: Option<RowToJsonb>,
     cxt: pg_sys::MemoryContext,
 }
 
@@ -160,9 +159,9 @@ unsafe fn capture_row(td: &pg_sys::TriggerData) {
             }
             (c"UPDATE", &e.update, td.tg_trigtuple, td.tg_newtuple)
         };
-        let (Some(shape), Some(to_jsonb)) = (shape, &e.to_jsonb) else { return };
-        let json = |tuple: pg_sys::HeapTuple| if tuple.is_null() { std::ptr::null_mut() } else { to_jsonb.row(tuple, tupdesc) };
-        let payload = payload::build(op, json(old), json(new), shape);
+        let Some(shape) = shape else { return };
+        let deform = |tuple: pg_sys::HeapTuple| (!tuple.is_null()).then(|| Row::deform(tuple, tupdesc));
+        let payload = payload::build(op, deform(old).as_ref(), deform(new).as_ref(), shape);
         append::write(&append::Event {
             id: new_event_id(),
             trigger_name: e.names[0],
@@ -296,13 +295,14 @@ unsafe fn compile(trigger: &pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled 
         }
     }
 
-    let shape = |spec: &Option<OpSpec>| -> Option<Shape> {
+    let mut compiled = Compiled::empty(relid);
+    let cxt = compiled.cxt;
+    let shape = |spec: &Option<OpSpec>| -> Option<RowShape> {
         Some(match &spec.as_ref()?.payload {
-            Columns::All => Shape::Whole,
-            Columns::List(cols) => Shape::Columns(cols.iter().map(|c| CString::new(c.as_str()).expect("column names have no NUL")).collect()),
+            Columns::All => RowShape::new((*rel).rd_att, None, cxt),
+            Columns::List(cols) => RowShape::new((*rel).rd_att, Some(cols), cxt),
         })
     };
-    let mut compiled = Compiled::empty(relid);
     compiled.insert = shape(&def.insert);
     compiled.update = shape(&def.update);
     compiled.delete = shape(&def.delete);
@@ -313,7 +313,6 @@ unsafe fn compile(trigger: &pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled 
         compiled.names[i] = pg_sys::Datum::from(pg_sys::cstring_to_text(text.as_ptr()));
     }
     pg_sys::MemoryContextSwitchTo(saved);
-    compiled.to_jsonb = Some(RowToJsonb::new((*(*rel).rd_rel).reltype, compiled.cxt));
     compiled
 }
 
@@ -334,7 +333,6 @@ impl Compiled {
             delete: None,
             watched: Vec::new(),
             names: [pg_sys::Datum::from(0); 3],
-            to_jsonb: None,
             cxt,
         }
     }

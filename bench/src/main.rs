@@ -185,6 +185,10 @@ fn capture_overhead(cluster: &Cluster, s: &Sizes) -> String {
     let mut c = cluster.connect("capture");
     // The worker serves another database: this measures capture alone.
     c.batch_execute("CREATE EXTENSION pg_webhooks; CREATE EXTENSION pgq;").unwrap();
+    // Autovacuum would wake up on one variant's tables while the next one
+    // is timed; every variant gets the same VACUUM ANALYZE before its run.
+    c.batch_execute("ALTER SYSTEM SET autovacuum = off").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
     let insert = format!(
         "INSERT INTO users (username, real_name, email, age)
          SELECT 'user' || g, 'Real Name ' || g, 'user' || g || '@example.com', g % 90
@@ -218,6 +222,8 @@ fn capture_overhead(cluster: &Cluster, s: &Sizes) -> String {
             tps[i].push(t);
         }
     }
+    c.batch_execute("ALTER SYSTEM RESET autovacuum").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
     let base_a = median(bulk[0].clone());
     let base_b = median(tps[0].clone());
     let mut out = String::new();
@@ -225,7 +231,7 @@ fn capture_overhead(cluster: &Cluster, s: &Sizes) -> String {
     writeln!(
         out,
         "Table `users(id bigserial primary key, username text, real_name text, email text, age int, created_at timestamptz default now())`, \
-         `synchronous_commit = off`. (a) one `INSERT ... SELECT` of {} rows, median of {} runs; \
+         `synchronous_commit = off`, autovacuum off while it runs (each variant starts after `VACUUM ANALYZE` and `CHECKPOINT`). (a) one `INSERT ... SELECT` of {} rows, median of {} runs; \
          (b) `pgbench -c 2 -j 2 -T {}` of single-row INSERTs, median of {} runs. Variants run interleaved.\n",
         s.bulk_rows,
         s.reps,

@@ -184,6 +184,59 @@ fn values_are_postgresql_json() {
     assert!(same, "the row's JSON is to_jsonb of the row");
 }
 
+/// Capture converts common types itself (integers, booleans, text, dates and
+/// timestamps): at their edges the result is still exactly to_jsonb's.
+#[test]
+fn converted_types_match_to_jsonb_at_their_edges() {
+    let mut c = fresh_db("edge_json");
+    c.batch_execute(
+        "SET timezone = 'America/St_Johns';
+         CREATE DOMAIN small_count AS int CHECK (VALUE >= 0);
+         CREATE TABLE e (id serial PRIMARY KEY, i2 int2, i4 int4, i8 int8, b bool, t text, v varchar(10),
+                         d date, ts timestamp, tstz timestamptz, dom small_count, big text);",
+    )
+    .unwrap();
+    create(&mut c, trigger("e_all", json!("e"), json!({"insert": {"columns": "*"}, "update": {"columns": "*"}})));
+    c.batch_execute(
+        "INSERT INTO e (i2, i4, i8, b, t, v, d, ts, tstz, dom, big) VALUES
+           (-32768, -2147483648, -9223372036854775808, false, '', 'ünïcödé✓', '-infinity', 'infinity', '-infinity', 0, NULL),
+           (32767, 2147483647, 9223372036854775807, true, E'tab\\there \\\\ \"q\" \\u0001', 'x',
+            '4713-01-01 BC', '1999-12-31 23:59:59.999999', '2000-02-29 12:00:00.5+05:30', 7, repeat('toast ', 100000)),
+           (0, 0, 0, NULL, 'plain', NULL, 'infinity', '-infinity', 'infinity', NULL, repeat('y', 3000));",
+    )
+    .unwrap();
+    let mismatches: i64 = one(
+        &mut c,
+        "SELECT count(*) FROM webhooks.event_log l
+         JOIN e AS r ON r.id = (l.payload #>> '{data,new,id}')::int
+         WHERE l.payload #>> '{op}' = 'INSERT'
+           AND (l.payload -> 'data' -> 'new')::text IS DISTINCT FROM to_jsonb(r)::text",
+    );
+    assert_eq!(mismatches, 0, "every inserted row's JSON is to_jsonb(row), byte for byte");
+    let inserts: i64 = one(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE payload->>'op' = 'INSERT'");
+    assert_eq!(inserts, 3);
+    c.batch_execute("UPDATE e SET i4 = i4 / 2 WHERE id = 2").unwrap();
+    // The UPDATE's old row carries the unchanged, TOASTed value.
+    let (old_ok, new_ok): (bool, bool) = {
+        let row = c
+            .query_one(
+                "SELECT (payload #>> '{data,old,big}') = repeat('toast ', 100000),
+                        (payload #> '{data,new}') = (SELECT to_jsonb(r) FROM e AS r WHERE id = 2)
+                 FROM webhooks.event_log WHERE payload->>'op' = 'UPDATE'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(old_ok, "the old row's TOASTed text is in the payload whole");
+    assert!(new_ok, "the new row is to_jsonb of the row");
+    let first: Value = one(&mut c, "SELECT payload->'data'->'new' FROM webhooks.event_log WHERE payload #>> '{data,new,id}' = '1'");
+    assert_eq!(first["i8"].to_string(), "-9223372036854775808", "bigint keeps every digit");
+    assert_eq!(first["d"], json!("-infinity"));
+    assert_eq!(first["v"], json!("ünïcödé✓"));
+    assert_eq!(first["b"], json!(false));
+}
+
 #[test]
 fn quoted_identifiers() {
     let mut c = fresh_db("quoted_idents");
@@ -377,4 +430,51 @@ fn a_replaced_definition_takes_effect_in_other_sessions() {
             ("DELETE".into(), json!({"old": {"id": 1, "a": "a1", "b": "b1"}, "new": null})),
         ]
     );
+}
+
+/// Capture keeps the event log open while a statement runs and closes it
+/// when the statement ends: DDL on it later in the same transaction works,
+/// after an INSERT as after a COPY.
+#[test]
+fn the_event_log_is_released_after_each_statement() {
+    let mut c = fresh_db("same_xact");
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").unwrap();
+    create(&mut c, trigger("t_ins", json!("t"), json!({"insert": {"columns": "*"}})));
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute("INSERT INTO t VALUES (1, 'a')").unwrap();
+    tx.batch_execute("ALTER TABLE webhooks.event_log SET (fillfactor = 80)").unwrap();
+    let mut w = tx.copy_in("COPY t FROM STDIN").unwrap();
+    std::io::Write::write_all(&mut w, b"2\tb\n3\tc\n").unwrap();
+    w.finish().unwrap();
+    tx.batch_execute("ALTER TABLE webhooks.event_log SET (fillfactor = 80)").unwrap();
+    let n: i64 = tx.query_one("SELECT count(*) FROM webhooks.event_log", &[]).unwrap().get(0);
+    assert_eq!(n, 3, "the INSERT's and the COPY's rows are captured and visible in the transaction");
+    tx.commit().unwrap();
+    assert_eq!(event_count(&mut c), 3);
+}
+
+/// The extension hooks the end of every statement; errors raised there
+/// still reach the client exactly as PostgreSQL raised them.
+#[test]
+fn errors_of_other_statements_keep_every_field() {
+    let mut c = fresh_db("error_fields");
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").unwrap();
+    create(&mut c, trigger("t_ins", json!("t"), json!({"insert": {"columns": "*"}})));
+    let e = c.batch_execute("CREATE TABLE bad (a no_such_type)").unwrap_err();
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "42704");
+    assert!(db.position().is_some(), "the error position is kept: {db:?}");
+    assert_eq!(db.detail(), None, "no detail is added: {db:?}");
+
+    c.batch_execute("INSERT INTO t VALUES (1, 'a')").unwrap();
+    let mut tx = c.transaction().unwrap();
+    let mut w = tx.copy_in("COPY t FROM STDIN").unwrap();
+    std::io::Write::write_all(&mut w, b"2\tb\n1\tdup\n").unwrap();
+    let e = w.finish().unwrap_err();
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "23505");
+    assert_eq!(db.constraint(), Some("t_pkey"), "the constraint name is kept: {db:?}");
+    assert_eq!(db.table(), Some("t"));
+    drop(tx);
+    assert_eq!(event_count(&mut c), 1, "the failed COPY left no event");
 }
