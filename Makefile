@@ -15,9 +15,12 @@ setup:
 build: setup
 	$(CARGO) build --release -p pg_webhooks
 
-# Installs the extension into the PostgreSQL of $(PG_CONFIG).
+# Installs the extension into the PostgreSQL of $(PG_CONFIG): the library,
+# this version's script, the upgrade scripts, and the earlier releases'
+# scripts (sql/archive) so that `ALTER EXTENSION ... UPDATE` can start there.
 install: setup
 	$(CARGO) pgrx install --release -p pg_webhooks --pg-config $(PG_CONFIG)
+	install -m 644 sql/archive/*.sql "$$($(PG_CONFIG) --sharedir)/extension/"
 
 # Every test: the pure crate's unit tests, then the end-to-end suite against
 # throwaway clusters of the installed extension.

@@ -18,7 +18,9 @@
 //! - [`store`]: the event store as the worker uses it (claim, record).
 //! - [`worker`]: the background worker that delivers events.
 //! - [`status`]: `webhooks.worker_status()`.
-//! - `sql/`: the tables, the DDL event triggers and the privileges.
+//! - `sql/`: the tables, the DDL event triggers, the privileges and
+//!   descriptions (`finalize.sql`), the upgrade scripts between releases
+//!   (`pg_webhooks--A--B.sql`) and the released install scripts (`archive/`).
 
 use pgrx::prelude::*;
 
@@ -41,7 +43,7 @@ mod worker;
 extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
 extension_sql_file!("../sql/ddl.sql", name = "ddl", requires = [capture::webhooks::capture]);
 extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["tables"]);
-extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// Set in `_PG_init` when the library was loaded by
 /// `shared_preload_libraries`, the only way the worker can run.

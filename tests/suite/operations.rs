@@ -1,5 +1,6 @@
 //! Operations that need a cluster of their own: pg_dump / pg_restore into
-//! the database the worker serves, and retention under a steady load.
+//! the database the worker serves, retention under a steady load, and
+//! `ALTER EXTENSION ... UPDATE` from the previous release.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -96,4 +97,106 @@ fn with_retention_the_event_log_levels_off() {
     eventually(WAIT, "every event delivered before its cleanup", || {
         (r.received_on("/ok/steady").len() as i64 >= inserted).then_some(())
     });
+}
+
+/// Everything that describes the extension's objects in a database, for
+/// comparing an upgraded installation with a fresh one.
+fn schema_fingerprint(c: &mut postgres::Client) -> Vec<String> {
+    let queries = [
+        "SELECT pg_describe_object(classid, objid, objsubid) FROM pg_depend
+         WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+           AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_webhooks')",
+        "SELECT p.oid::regprocedure::text || ' ' || pg_get_function_result(p.oid) || ' ' || coalesce(p.proacl::text, '-')
+                || ' ' || p.prosecdef || ' ' || coalesce(p.proconfig::text, '-') || ' ' || md5(p.prosrc)
+                || ' ' || coalesce(obj_description(p.oid, 'pg_proc'), '-')
+         FROM pg_proc p WHERE p.pronamespace = 'webhooks'::regnamespace",
+        "SELECT c.relname || ' ' || c.relkind::text || ' ' || coalesce(c.relacl::text, '-') || ' ' || coalesce(c.reloptions::text, '-')
+                || ' ' || coalesce(obj_description(c.oid, 'pg_class'), '-')
+         FROM pg_class c WHERE c.relnamespace = 'webhooks'::regnamespace",
+        "SELECT a.attrelid::regclass::text || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                || ' ' || a.attnotnull || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-')
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE c.relnamespace = 'webhooks'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped",
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'webhooks'",
+        "SELECT pg_get_viewdef('webhooks.event_stats'::regclass)",
+        "SELECT evtname || ' ' || evtevent || ' ' || evtfoid::regproc::text || ' ' || coalesce(evttags::text, '-')
+         FROM pg_event_trigger",
+        "SELECT coalesce(nspacl::text, '-') || ' ' || coalesce(obj_description(oid, 'pg_namespace'), '-')
+         FROM pg_namespace WHERE nspname = 'webhooks'",
+        "SELECT array_to_string(extconfig::regclass[], ',') || ' ' || array_to_string(extcondition, ',')
+         FROM pg_extension WHERE extname = 'pg_webhooks'",
+    ];
+    let mut out = Vec::new();
+    for q in queries {
+        let mut rows: Vec<String> = c.query(q, &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        rows.sort();
+        out.extend(rows);
+    }
+    out
+}
+
+/// `ALTER EXTENSION pg_webhooks UPDATE` from the previous release
+/// (sql/archive holds its install script): definitions and pending events
+/// survive, capture and delivery work, and the result is the same schema as
+/// a fresh install of this version.
+#[test]
+fn alter_extension_update_from_the_previous_release() {
+    let r = Receiver::start();
+    let cluster = Cluster::start("webhooks.database = 'upgraded'\nwebhooks.poll_interval = '200ms'\n");
+    let mut admin = cluster.connect("postgres");
+    admin.batch_execute("CREATE DATABASE upgraded").unwrap();
+    admin.batch_execute("CREATE DATABASE fresh").unwrap();
+    let mut c = cluster.connect("upgraded");
+    c.batch_execute("CREATE EXTENSION pg_webhooks VERSION '0.1.0'").unwrap();
+    let current: String = one(&mut c, "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_webhooks'");
+    assert_ne!(current, "0.1.0", "this build is a later version than the archived release");
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, email text, note text)").unwrap();
+    let args = json!({"name": "t_changed", "table": "t", "webhook": r.url("/ok/upgraded"),
+                      "insert": {"columns": "*"}, "update": {"columns": ["email"]}});
+    c.execute("SELECT webhooks.create_event_trigger($1)", &[&args]).unwrap();
+    c.batch_execute("SELECT webhooks.pause_event_trigger('t_changed')").unwrap();
+    c.batch_execute("INSERT INTO t VALUES (1, 'a@x', 'n'), (2, 'b@x', 'n')").unwrap();
+    let definition: Value = one(&mut c, "SELECT definition FROM webhooks.event_triggers");
+
+    // The update runs in the same transaction as a captured write.
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (3, 'c@x', 'n'); ALTER EXTENSION pg_webhooks UPDATE; COMMIT;").unwrap();
+    let version: String = one(&mut c, "SELECT extversion FROM pg_extension WHERE extname = 'pg_webhooks'");
+    assert_eq!(version, current);
+    assert_eq!(one::<Value>(&mut c, "SELECT definition FROM webhooks.event_triggers"), definition);
+    let pending: i64 = one(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE NOT delivered");
+    assert_eq!(pending, 3, "the events captured before and during the update are pending");
+
+    c.batch_execute("SELECT webhooks.resume_event_trigger('t_changed')").unwrap();
+    r.wait_for("/ok/upgraded", 3, WAIT);
+    c.batch_execute("INSERT INTO t VALUES (4, 'd@x', 'n'); UPDATE t SET email = 'e@x' WHERE id = 1; UPDATE t SET note = 'x';")
+        .unwrap();
+    let got = r.wait_for("/ok/upgraded", 5, WAIT);
+    let mut seen: Vec<(String, i64)> = got
+        .iter()
+        .map(|g| {
+            let e = g.json()["event"].clone();
+            let row = &e["data"]["new"];
+            (e["op"].as_str().unwrap().to_string(), row["id"].as_i64().unwrap())
+        })
+        .collect();
+    seen.sort();
+    let want: Vec<(String, i64)> =
+        vec![("INSERT".into(), 1), ("INSERT".into(), 2), ("INSERT".into(), 3), ("INSERT".into(), 4), ("UPDATE".into(), 1)];
+    assert_eq!(seen, want, "old events delivered; capture and the email filter work after the update");
+    let args = json!({"name": "t_new", "table": "t", "webhook": r.url("/ok/new"), "delete": {"columns": "*"}});
+    c.execute("SELECT webhooks.create_event_trigger($1)", &[&args]).unwrap();
+    c.batch_execute("DELETE FROM t WHERE id = 4").unwrap();
+    r.wait_for("/ok/new", 1, WAIT);
+
+    let mut fresh = cluster.connect("fresh");
+    fresh.batch_execute("CREATE EXTENSION pg_webhooks").unwrap();
+    let (a, b) = (schema_fingerprint(&mut c), schema_fingerprint(&mut fresh));
+    let only_upgraded: Vec<&String> = a.iter().filter(|x| !b.contains(x)).collect();
+    let only_fresh: Vec<&String> = b.iter().filter(|x| !a.contains(x)).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "the upgraded schema differs from a fresh install:\nonly upgraded: {only_upgraded:#?}\nonly fresh: {only_fresh:#?}"
+    );
+    assert!(!cluster.server_log().contains("ERROR"), "{}", cluster.server_log());
 }
