@@ -122,7 +122,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(max_body: usize) -> Client {
-        let agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .max_redirects_will_error(false)
@@ -137,8 +137,12 @@ impl Client {
             // threshold avoid an mmap/munmap per connection.
             .input_buffer_size(32 * 1024)
             .output_buffer_size(16 * 1024)
-            .build()
-            .new_agent();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            crate::resolve::CachingResolver::default(),
+        );
         Client { agent, max_body }
     }
 

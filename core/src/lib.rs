@@ -10,6 +10,8 @@
 //! - [`hasura_metadata`]: event triggers from a Hasura metadata export.
 //! - [`ids`]: time-ordered (v7) uuids without a system call each.
 //! - [`delivery`]: the webhook body, HTTP attempts and the thread pool.
+//! - [`resolve`]: host names for the HTTP client, without a thread per
+//!   request.
 
 pub mod definition;
 pub mod delivery;
@@ -18,6 +20,7 @@ pub mod error;
 pub mod hasura_metadata;
 pub mod ids;
 pub mod query;
+pub mod resolve;
 pub mod retry;
 
 pub use error::{ApiError, ApiResult, SqlState};
