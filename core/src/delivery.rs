@@ -225,6 +225,9 @@ struct PoolState {
     notify_every: usize,
     outcomes: Vec<Outcome>,
     closed: bool,
+    /// Threads waiting for work: notifying costs a system call, so it is
+    /// done only when someone waits.
+    idle: usize,
 }
 
 struct LaneState {
@@ -242,6 +245,11 @@ impl PoolState {
                 self.lanes.last_mut().expect("just pushed")
             }
         }
+    }
+
+    /// Whether some lane has an attempt a thread may send now.
+    fn has_work(&self) -> bool {
+        self.lanes.iter().any(|l| l.running < self.per_lane && !l.queued.is_empty())
     }
 
     /// The next attempt a thread may send, with its lane's index.
@@ -271,6 +279,7 @@ impl Pool {
             notify_every: 64,
             outcomes: Vec::new(),
             closed: false,
+            idle: 0,
         };
         let mut pool = Pool { shared: Arc::new((Mutex::new(state), Condvar::new())), client, notify, threads: 0 };
         pool.grow(threads.max(1));
@@ -281,41 +290,62 @@ impl Pool {
     pub fn grow(&mut self, threads: usize) {
         while self.threads < threads {
             let shared = self.shared.clone();
-            let client = self.client.clone();
+            // Each thread has its own agent, so its own connection pool: a
+            // shared pool is a lock every thread takes twice per request.
+            let client = Client::new(self.client.max_body);
             let notify = self.notify.clone();
             std::thread::Builder::new()
                 .name(format!("pg_webhooks-http-{}", self.threads))
                 .spawn(move || {
                     block_all_signals();
                     let (lock, cv) = &*shared;
+                    let mut done: Option<(usize, Outcome)> = None;
                     loop {
-                        let (lane, job) = {
+                        // One lock per attempt: hand in the last outcome and
+                        // take the next attempt in the same critical section.
+                        // A thread with work to do never sleeps in between.
+                        let (job, wake) = {
                             let Ok(mut st) = lock.lock() else { return };
-                            loop {
+                            let mut wake = false;
+                            let freed = done.is_some();
+                            if let Some((lane, outcome)) = done.take() {
+                                st.lanes[lane].running -= 1;
+                                st.outcomes.push(outcome);
+                                let n = st.outcomes.len();
+                                wake = n == 1 || n % st.notify_every == 0;
+                            }
+                            let job = loop {
                                 if st.closed {
-                                    return;
+                                    break None;
                                 }
                                 if let Some(work) = st.take() {
-                                    break work;
+                                    // The slot this thread freed may let an
+                                    // idle one run work of that lane.
+                                    if freed && st.idle > 0 && st.has_work() {
+                                        cv.notify_one();
+                                    }
+                                    break Some(work);
                                 }
+                                if wake {
+                                    // Say so before sleeping, not after.
+                                    break None;
+                                }
+                                st.idle += 1;
                                 st = match cv.wait(st) {
                                     Ok(g) => g,
                                     Err(_) => return,
                                 };
-                            }
+                                st.idle -= 1;
+                            };
+                            (job, wake)
                         };
-                        let outcome = client.send(&job);
-                        let wake = {
-                            let Ok(mut st) = lock.lock() else { return };
-                            st.lanes[lane].running -= 1;
-                            st.outcomes.push(outcome);
-                            let n = st.outcomes.len();
-                            n == 1 || n % st.notify_every == 0
-                        };
-                        // A slot of this lane is free: another thread may take work.
-                        cv.notify_one();
                         if wake {
                             notify();
+                        }
+                        match job {
+                            Some((lane, job)) => done = Some((lane, client.send(&job))),
+                            None if wake => continue,
+                            None => return,
                         }
                     }
                 })
@@ -336,11 +366,24 @@ impl Pool {
     }
 
     pub fn submit(&self, lane: &str, a: Attempt) {
+        self.submit_all(lane, vec![a]);
+    }
+
+    /// Queues attempts of one lane at once, waking as many idle threads as
+    /// there are attempts (and no more).
+    pub fn submit_all(&self, lane: &str, attempts: Vec<Attempt>) {
         let (lock, cv) = &*self.shared;
-        if let Ok(mut st) = lock.lock() {
-            st.lane(lane).queued.push_back(a);
+        let wake = match lock.lock() {
+            Ok(mut st) => {
+                let n = attempts.len();
+                st.lane(lane).queued.extend(attempts);
+                n.min(st.idle)
+            }
+            Err(_) => 0,
+        };
+        for _ in 0..wake {
+            cv.notify_one();
         }
-        cv.notify_one();
     }
 
     /// Removes the attempts of `lane` that are not on the wire yet.
