@@ -27,7 +27,10 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 struct Sizes {
     bulk_rows: i64,
     pgbench_secs: u32,
+    /// Runs of the bulk INSERT per variant.
     reps: usize,
+    /// Runs of pgbench per variant.
+    pgbench_reps: usize,
     backlog: i64,
     big_backlog: i64,
     latency_events: i64,
@@ -40,9 +43,9 @@ fn main() {
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let sizes = if quick {
-        Sizes { bulk_rows: 20_000, pgbench_secs: 3, reps: 1, backlog: 10_000, big_backlog: 100_000, latency_events: 200 }
+        Sizes { bulk_rows: 20_000, pgbench_secs: 3, reps: 1, pgbench_reps: 1, backlog: 10_000, big_backlog: 100_000, latency_events: 200 }
     } else {
-        Sizes { bulk_rows: 200_000, pgbench_secs: 10, reps: 3, backlog: 100_000, big_backlog: 1_000_000, latency_events: 2000 }
+        Sizes { bulk_rows: 200_000, pgbench_secs: 10, reps: 5, pgbench_reps: 3, backlog: 100_000, big_backlog: 1_000_000, latency_events: 2000 }
     };
     let started = Instant::now();
     let receiver = FastReceiver::start(0);
@@ -214,7 +217,7 @@ fn capture_overhead(cluster: &Cluster, s: &Sizes) -> String {
     )
     .unwrap();
     let mut tps: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
-    for rep in 0..s.reps.min(2) {
+    for rep in 0..s.pgbench_reps {
         for (i, v) in VARIANTS.iter().enumerate() {
             prepare_variant(&mut c, *v);
             let t = pgbench(cluster, &script, s.pgbench_secs);
@@ -236,7 +239,7 @@ fn capture_overhead(cluster: &Cluster, s: &Sizes) -> String {
         s.bulk_rows,
         s.reps,
         s.pgbench_secs,
-        s.reps.min(2)
+        s.pgbench_reps
     )
     .unwrap();
     writeln!(out, "| variant | (a) time | (a) vs no trigger | (b) tps | (b) vs no trigger |").unwrap();
