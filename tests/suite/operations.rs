@@ -163,6 +163,18 @@ fn alter_extension_update_from_the_previous_release() {
     c.batch_execute("BEGIN; INSERT INTO t VALUES (3, 'c@x', 'n'); ALTER EXTENSION pg_webhooks UPDATE; COMMIT;").unwrap();
     let version: String = one(&mut c, "SELECT extversion FROM pg_extension WHERE extname = 'pg_webhooks'");
     assert_eq!(version, current);
+    let undescribed: Vec<String> = c
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+             WHERE p.pronamespace = 'webhooks'::regnamespace AND p.proname NOT LIKE '\\_%'
+               AND obj_description(p.oid, 'pg_proc') IS NULL",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(undescribed.is_empty(), "every public function has a description after the update: {undescribed:?}");
     assert_eq!(one::<Value>(&mut c, "SELECT definition FROM webhooks.event_triggers"), definition);
     let pending: i64 = one(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE NOT delivered");
     assert_eq!(pending, 3, "the events captured before and during the update are pending");
