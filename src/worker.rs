@@ -104,6 +104,9 @@ struct Worker {
     cursors: HashMap<String, (store::Cursor, Instant)>,
     /// When `webhooks.retention` was last applied.
     last_cleanup: Option<Instant>,
+    /// Attempts prepared in the current round, per trigger: they go to the
+    /// pool once the round's transaction (which claimed them) has committed.
+    ready_to_send: Vec<(String, Vec<Attempt>)>,
 }
 
 const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
@@ -133,6 +136,7 @@ impl Worker {
             seen_wakes: 0,
             cursors: HashMap::new(),
             last_cleanup: None,
+            ready_to_send: Vec::new(),
         }
     }
 
@@ -175,6 +179,10 @@ impl Worker {
                 // An ERROR ends the process (the postmaster restarts it), so
                 // no state survives a failed transaction.
                 BackgroundWorker::transaction(AssertUnwindSafe(|| self.round()));
+                // The claims are committed: now the requests may go out.
+                for (trigger, attempts) in std::mem::take(&mut self.ready_to_send) {
+                    self.pool.submit_all(&trigger, attempts);
+                }
             }
             self.shared.in_flight.store(self.in_flight.len() as i64, Ordering::Relaxed);
             self.apply_retention();
@@ -460,7 +468,11 @@ impl Worker {
             return;
         }
         let timeout = Duration::from_secs(def.retry_conf.timeout_sec.max(1) as u64);
-        self.pool.submit(&event.trigger, Attempt { tag, url: url.expect("checked above"), headers, body, timeout });
+        let attempt = Attempt { tag, url: url.expect("checked above"), headers, body, timeout };
+        match self.ready_to_send.iter_mut().find(|(t, _)| *t == event.trigger) {
+            Some((_, list)) => list.push(attempt),
+            None => self.ready_to_send.push((event.trigger, vec![attempt])),
+        }
     }
 
     /// Turns outcomes into verdicts and writes them.
