@@ -1,10 +1,16 @@
 -- pg_webhooks 0.1.0 -> 0.2.0.
 --
--- 0.2.0 changes the shared library, not the tables: capture builds each
--- event's payload itself and appends it to webhooks.event_log without
--- running SQL per row. The event log, its indexes and every definition stay
--- as they are, and events captured by 0.1.0 are delivered as before.
+-- Most of 0.2.0 is in the shared library: capture builds each event's
+-- payload itself and appends it to webhooks.event_log without running SQL
+-- per row. The event log, its indexes and every definition stay as they
+-- are, and events captured by 0.1.0 are delivered as before.
 -- The SQL objects gain descriptions (psql's \dt+, \df+).
+--
+-- event_invocation_logs.request and .response become json, as in Hasura:
+-- the worker writes them as text, and json stores that text as it is where
+-- jsonb would parse and rebuild it on every attempt. This rewrites the
+-- table once (an ACCESS EXCLUSIVE lock for the time it takes): run
+-- webhooks.cleanup_event_logs() first if the logs are large.
 \echo Use "ALTER EXTENSION pg_webhooks UPDATE" to load this file. \quit
 
 COMMENT ON SCHEMA webhooks IS 'pg_webhooks: Hasura-style event triggers; row changes delivered to webhooks by a background worker';
@@ -23,3 +29,7 @@ COMMENT ON FUNCTION webhooks.import_hasura_metadata(jsonb) IS 'Creates every eve
 COMMENT ON FUNCTION webhooks.worker_status() IS 'The delivery worker: pid, database, start, last wake-up, in flight, delivered and failed since start';
 COMMENT ON FUNCTION webhooks.cleanup_event_logs(text, interval, boolean) IS 'Deletes delivered (and optionally errored) events older than a cutoff, with their invocation logs';
 COMMENT ON FUNCTION webhooks.capture() IS 'Internal: the row trigger that captures events for one event trigger';
+
+ALTER TABLE webhooks.event_invocation_logs
+    ALTER COLUMN request TYPE json USING request::json,
+    ALTER COLUMN response TYPE json USING response::json;

@@ -34,7 +34,8 @@ pub struct Recorded {
     pub status: Option<i32>,
     /// The request as logged (secrets redacted), JSON text.
     pub request: String,
-    pub response: JsonB,
+    /// The response (status, headers, body) or the error, JSON text.
+    pub response: String,
     pub started_epoch: f64,
     pub duration_ms: f64,
     /// 'd' delivered, 'r' retry, 'f' failed for good.
@@ -194,12 +195,13 @@ pub fn record(results: Vec<Recorded>) {
     }
     spi(Spi::run_with_args(
         "WITH r AS (
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::jsonb[],
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[],
                                              $7::float8[], $8::float8[], $9::text[], $10::float8[])
                  AS r(event_id, log_id, trigger_name, status, request, response, started, duration_ms, verdict, delay)),
          logs AS (
              INSERT INTO webhooks.event_invocation_logs (id, event_id, trigger_name, status, request, response, created_at, duration_ms)
-             SELECT log_id, event_id, trigger_name, status, request::jsonb, response, pg_catalog.to_timestamp(started), duration_ms
+             SELECT log_id, event_id, trigger_name, status, request::pg_catalog.json, response::pg_catalog.json,
+                    pg_catalog.to_timestamp(started), duration_ms
              FROM r)
          UPDATE webhooks.event_log e
          SET tries = e.tries + 1,

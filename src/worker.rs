@@ -17,7 +17,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use webhooks_core::definition::{Definition, HeaderValue, RetryConf, Webhook};
 use webhooks_core::delivery::{webhook_body, Attempt, Client, Outcome, Pool};
 use webhooks_core::env_template;
@@ -522,7 +521,7 @@ impl Worker {
                 trigger: f.trigger,
                 status: status.map(i32::from),
                 request: f.request_log,
-                response: JsonB(response),
+                response: response.to_string(),
                 started_epoch: o.started.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
                 duration_ms: o.duration.as_secs_f64() * 1000.0,
                 verdict: code,

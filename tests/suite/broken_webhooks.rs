@@ -67,7 +67,7 @@ fn run(cases: Vec<Case>) {
         assert_eq!((delivered, error), (case.delivered, !case.delivered), "{}: final state", case.name);
         assert_eq!(tries as usize, case.attempts, "{}: attempts", case.name);
         let logs = c
-            .query("SELECT status, response::text FROM webhooks.event_invocation_logs WHERE trigger_name = $1", &[&case.name])
+            .query("SELECT status, response::jsonb::text FROM webhooks.event_invocation_logs WHERE trigger_name = $1", &[&case.name])
             .unwrap();
         assert_eq!(logs.len(), case.attempts, "{}: one invocation log row per attempt", case.name);
         for l in &logs {
