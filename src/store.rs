@@ -43,6 +43,31 @@ pub struct Recorded {
     pub retry_delay_sec: f64,
 }
 
+thread_local! {
+    /// The worker's hot statements, parsed and planned once per process.
+    /// PostgreSQL's plan cache replans them when what they use changes
+    /// (DROP and CREATE EXTENSION included).
+    static PLANS: std::cell::RefCell<std::collections::HashMap<&'static str, std::rc::Rc<pgrx::spi::OwnedPreparedStatement>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The kept plan of `sql` (with parameters of `types`), prepared on first use.
+fn plan(
+    c: &pgrx::spi::SpiClient<'_>,
+    sql: &'static str,
+    types: &[pg_sys::Oid],
+) -> std::rc::Rc<pgrx::spi::OwnedPreparedStatement> {
+    if let Some(p) = PLANS.with(|p| p.borrow().get(sql).cloned()) {
+        return p;
+    }
+    let oids: Vec<pgrx::PgOid> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
+    let prepared =
+        c.prepare_mut(sql, &oids).unwrap_or_else(|e| error!("pg_webhooks: preparing a statement failed: {e}"));
+    let kept = std::rc::Rc::new(prepared.keep());
+    PLANS.with(|p| p.borrow_mut().insert(sql, kept.clone()));
+    kept
+}
+
 /// Whether the extension is installed in the worker's database. When it
 /// is, the transaction also holds a lock on it, so that a concurrent DROP
 /// EXTENSION waits for the round to finish instead of pulling the tables
@@ -72,11 +97,14 @@ pub fn release_stale_locks() -> i64 {
 /// change, for the worker's cache.
 pub fn definitions() -> Vec<(String, String, JsonB)> {
     Spi::connect(|c| {
-        let rows = spi(
-            c.select("SELECT name, updated_at::text, definition FROM webhooks.event_triggers WHERE NOT paused", None, &[])
-                .map(Some),
-        )
-            .expect("select returns a table");
+        let rows = spi(c
+            .select(
+                "SELECT name, updated_at::text, definition FROM webhooks.event_triggers WHERE NOT paused",
+                None,
+                &[],
+            )
+            .map(Some))
+        .expect("select returns a table");
         rows.into_iter()
             .map(|r| {
                 (
@@ -88,6 +116,24 @@ pub fn definitions() -> Vec<(String, String, JsonB)> {
             .collect()
     })
 }
+
+/// The claim (see [`claim`]).
+const CLAIM: &str = "WITH lim AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::uuid[])
+                                   AS l(name, n, after_due, after_id)),
+                 due AS (
+                     SELECT d.id FROM lim CROSS JOIN LATERAL (
+                         SELECT e.id FROM webhooks.event_log e
+                         WHERE e.trigger_name = lim.name
+                           AND NOT e.delivered AND NOT e.error AND NOT e.archived AND e.locked IS NULL
+                           AND e.next_retry_at <= pg_catalog.now()
+                           AND (e.next_retry_at, e.id) > (lim.after_due, lim.after_id)
+                         ORDER BY e.next_retry_at, e.id
+                         LIMIT lim.n
+                         FOR UPDATE SKIP LOCKED) d)
+                 UPDATE webhooks.event_log e SET locked = pg_catalog.now()
+                 FROM due WHERE e.id = due.id
+                 RETURNING e.id::text, e.trigger_name, e.schema_name, e.table_name, e.payload::text, e.tries,
+                           pg_catalog.to_json(e.created_at) #>> '{}', e.next_retry_at";
 
 /// Claims due events: up to `limits[i]` of trigger `names[i]`, oldest due
 /// first, after `cursors[i]` when given, skipping rows another transaction
@@ -106,30 +152,14 @@ pub fn claim(names: Vec<String>, limits: Vec<i32>, cursors: Vec<Option<Cursor>>)
         })
         .unzip();
     Spi::connect_mut(|c| {
-        let rows = spi(
-            c.update(
-                "WITH lim AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::uuid[])
-                                   AS l(name, n, after_due, after_id)),
-                 due AS (
-                     SELECT d.id FROM lim CROSS JOIN LATERAL (
-                         SELECT e.id FROM webhooks.event_log e
-                         WHERE e.trigger_name = lim.name
-                           AND NOT e.delivered AND NOT e.error AND NOT e.archived AND e.locked IS NULL
-                           AND e.next_retry_at <= pg_catalog.now()
-                           AND (e.next_retry_at, e.id) > (lim.after_due, lim.after_id)
-                         ORDER BY e.next_retry_at, e.id
-                         LIMIT lim.n
-                         FOR UPDATE SKIP LOCKED) d)
-                 UPDATE webhooks.event_log e SET locked = pg_catalog.now()
-                 FROM due WHERE e.id = due.id
-                 RETURNING e.id::text, e.trigger_name, e.schema_name, e.table_name, e.payload::text, e.tries,
-                           pg_catalog.to_json(e.created_at) #>> '{}', e.next_retry_at",
-                None,
-                &[names.into(), limits.into(), after_due.into(), after_id.into()],
-            )
-            .map(Some),
-        )
-        .expect("update returns a table");
+        let claim = plan(
+            c,
+            CLAIM,
+            &[pg_sys::TEXTARRAYOID, pg_sys::INT4ARRAYOID, pg_sys::TIMESTAMPTZARRAYOID, pg_sys::UUIDARRAYOID],
+        );
+        let rows =
+            spi(c.update(&*claim, None, &[names.into(), limits.into(), after_due.into(), after_id.into()]).map(Some))
+                .expect("update returns a table");
         let mut out: Vec<Claimed> = rows
             .into_iter()
             .map(|r| Claimed {
@@ -166,6 +196,26 @@ pub fn seconds_until_next_due(names: Vec<String>) -> Option<f64> {
     ))
 }
 
+/// The record (see [`record`]).
+const RECORD: &str = "WITH r AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[],
+                                             $7::float8[], $8::float8[], $9::text[], $10::float8[])
+                 AS r(event_id, log_id, trigger_name, status, request, response, started, duration_ms, verdict, delay)),
+         logs AS (
+             INSERT INTO webhooks.event_invocation_logs (id, event_id, trigger_name, status, request, response, created_at, duration_ms)
+             SELECT log_id, event_id, trigger_name, status, request::pg_catalog.json, response::pg_catalog.json,
+                    pg_catalog.to_timestamp(started), duration_ms
+             FROM r)
+         UPDATE webhooks.event_log e
+         SET tries = e.tries + 1,
+             locked = NULL,
+             delivered = (r.verdict = 'd'),
+             error = (r.verdict = 'f'),
+             next_retry_at = CASE WHEN r.verdict = 'r'
+                                  THEN pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => r.delay)
+                                  ELSE e.next_retry_at END
+         FROM r WHERE e.id = r.event_id";
+
 /// Writes the attempts' invocation logs and the events' new state.
 pub fn record(results: Vec<Recorded>) {
     if results.is_empty() {
@@ -193,38 +243,42 @@ pub fn record(results: Vec<Recorded>) {
         verdicts.push(r.verdict.to_string());
         delays.push(r.retry_delay_sec);
     }
-    spi(Spi::run_with_args(
-        "WITH r AS (
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[],
-                                             $7::float8[], $8::float8[], $9::text[], $10::float8[])
-                 AS r(event_id, log_id, trigger_name, status, request, response, started, duration_ms, verdict, delay)),
-         logs AS (
-             INSERT INTO webhooks.event_invocation_logs (id, event_id, trigger_name, status, request, response, created_at, duration_ms)
-             SELECT log_id, event_id, trigger_name, status, request::pg_catalog.json, response::pg_catalog.json,
-                    pg_catalog.to_timestamp(started), duration_ms
-             FROM r)
-         UPDATE webhooks.event_log e
-         SET tries = e.tries + 1,
-             locked = NULL,
-             delivered = (r.verdict = 'd'),
-             error = (r.verdict = 'f'),
-             next_retry_at = CASE WHEN r.verdict = 'r'
-                                  THEN pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => r.delay)
-                                  ELSE e.next_retry_at END
-         FROM r WHERE e.id = r.event_id",
-        &[
-            event_ids.into(),
-            log_ids.into(),
-            triggers.into(),
-            statuses.into(),
-            requests.into(),
-            responses.into(),
-            started.into(),
-            durations.into(),
-            verdicts.into(),
-            delays.into(),
-        ],
-    ));
+    Spi::connect_mut(|c| {
+        let record = plan(
+            c,
+            RECORD,
+            &[
+                pg_sys::UUIDARRAYOID,
+                pg_sys::UUIDARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::FLOAT8ARRAYOID,
+                pg_sys::FLOAT8ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::FLOAT8ARRAYOID,
+            ],
+        );
+        spi(c
+            .update(
+                &*record,
+                None,
+                &[
+                    event_ids.into(),
+                    log_ids.into(),
+                    triggers.into(),
+                    statuses.into(),
+                    requests.into(),
+                    responses.into(),
+                    started.into(),
+                    durations.into(),
+                    verdicts.into(),
+                    delays.into(),
+                ],
+            )
+            .map(|_| ()));
+    });
 }
 
 /// Releases events whose attempt will not be recorded (the worker is
