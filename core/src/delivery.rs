@@ -114,15 +114,27 @@ impl Outcome {
 /// An HTTP client configured for webhooks: no redirects followed (a 3xx is
 /// returned as it is), statuses are not errors, no proxy from the
 /// environment, and bodies read up to a limit.
+///
+/// Each client keeps one agent (one connection pool) per timeout, made on
+/// first use: the timeout is part of the agent's configuration rather than
+/// a per-request override, which ureq would copy for every request.
 #[derive(Clone)]
 pub struct Client {
-    agent: ureq::Agent,
+    agents: std::cell::RefCell<Vec<(Duration, ureq::Agent)>>,
     max_body: usize,
 }
 
 impl Client {
     pub fn new(max_body: usize) -> Client {
+        Client { agents: std::cell::RefCell::new(Vec::new()), max_body }
+    }
+
+    fn agent(&self, timeout: Duration) -> ureq::Agent {
+        if let Some((_, a)) = self.agents.borrow().iter().find(|(t, _)| *t == timeout) {
+            return a.clone();
+        }
         let config = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
             .max_redirects_will_error(false)
@@ -143,7 +155,8 @@ impl Client {
             ureq::unversioned::transport::DefaultConnector::new(),
             crate::resolve::CachingResolver::default(),
         );
-        Client { agent, max_body }
+        self.agents.borrow_mut().push((timeout, agent.clone()));
+        agent
     }
 
     /// Makes one attempt. Never panics on network trouble: every failure is
@@ -159,13 +172,7 @@ impl Client {
     }
 
     fn exchange(&self, a: &Attempt) -> Result<(Response, Option<String>), String> {
-        let mut req = self
-            .agent
-            .post(&a.url)
-            .config()
-            .timeout_global(Some(a.timeout))
-            .build()
-            .header("Content-Type", "application/json");
+        let mut req = self.agent(a.timeout).post(&a.url).header("Content-Type", "application/json");
         for (name, value) in &a.headers {
             req = req.header(name, value);
         }
