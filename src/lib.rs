@@ -17,7 +17,7 @@
 //! - [`wake`]: waking the worker once per committing transaction.
 //! - [`store`]: the event store as the worker uses it (claim, record).
 //! - [`worker`]: the background worker that delivers events.
-//! - [`status`]: `webhooks.worker_status()`.
+//! - [`status`] serves `webhooks.worker_status()`.
 //! - `sql/`: the tables, the DDL event triggers, the privileges and
 //!   descriptions (`finalize.sql`), the upgrade scripts between releases
 //!   (`pg_webhooks--A--B.sql`) and the released install scripts (`archive/`).

@@ -76,7 +76,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
 }
 
 pub fn shared() -> Option<&'static WorkerShared> {
-    unsafe { (*(&raw const SHARED)).as_ref() }
+    unsafe { SHARED.as_ref() }
 }
 
 /// Wakes the delivery worker. Safe at commit: an atomic load and store and a

@@ -27,10 +27,10 @@ pub fn note_event_written() {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
-        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
-            if WROTE_EVENTS.with(|w| w.replace(false)) {
-                crate::shmem::wake_worker();
-            }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
+            if WROTE_EVENTS.with(|w| w.replace(false)) =>
+        {
+            crate::shmem::wake_worker();
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             WROTE_EVENTS.with(|w| w.set(false));
