@@ -5,6 +5,9 @@ CREATE SCHEMA webhooks;
 
 -- One row per event trigger. "definition" is the normalized definition that
 -- create_event_trigger returns; schema_name and table_name follow it.
+-- "owner" is the role that created it: only its members (and superusers and
+-- the extension's owner) may change, delete, pause, resume, invoke or
+-- redeliver it. regrole, so that pg_dump writes the role's name.
 CREATE TABLE webhooks.event_triggers (
     name        text PRIMARY KEY,
     definition  jsonb NOT NULL,
@@ -13,7 +16,8 @@ CREATE TABLE webhooks.event_triggers (
     -- pause_event_trigger: capture goes on, delivery stops.
     paused      boolean NOT NULL DEFAULT false,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    owner       regrole NOT NULL
 );
 
 -- One row per event. "payload" is the "event" object of the webhook body:

@@ -5,19 +5,26 @@
 //! table, its columns, the caller's privileges) is checked here, as the
 //! caller. The writes to schema webhooks and the table trigger are then made
 //! with the extension owner's rights.
+//!
+//! Every function here runs with `search_path = pg_catalog, pg_temp` (its
+//! SET clause), and what runs with the owner's rights runs in
+//! [`catalog::as_owner`]. An event trigger belongs to the role that created
+//! it: changing, deleting, pausing, resuming, invoking or redelivering it
+//! needs membership in that role (see [`catalog::may_manage`]).
 
 use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, quote_literal, quote_qualified_identifier};
 use pgrx::JsonB;
 use serde_json::{json, Value};
-use webhooks_core::definition::{self, Definition};
+use webhooks_core::definition::{self, Context, Definition};
 use webhooks_core::query::{self, Request};
 use webhooks_core::{ApiError, SqlState};
 
 use crate::catalog::{self, Table};
 use crate::errors::{raise, spi, OrRaise};
 use crate::json_arg::JsonArg;
+use crate::settings;
 
 /// The table trigger that captures rows for event trigger `name`.
 pub fn table_trigger_name(name: &str) -> String {
@@ -27,51 +34,56 @@ pub fn table_trigger_name(name: &str) -> String {
 /// Creates an event trigger, or replaces it with `"replace": true`. Returns
 /// the stored definition with every default filled in.
 #[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
 fn create_event_trigger(args: Option<JsonArg>) -> JsonB {
     JsonB(create(&not_null("args", args).value("args")))
 }
 
 /// Deletes an event trigger. Its undelivered events are archived, never sent.
 #[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
 fn delete_event_trigger(name: Option<&str>) {
     delete(not_null("name", name))
 }
 
 /// Requeues one event: tries = 0, not delivered, not errored.
 #[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
 fn redeliver_event(event_id: Option<pgrx::Uuid>) {
     redeliver(not_null("event_id", event_id))
 }
 
 /// Enqueues a MANUAL event with `data = {"old": null, "new": payload}`.
 #[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
 fn invoke_event_trigger(name: Option<&str>, payload: Option<JsonArg>) -> pgrx::Uuid {
     invoke(not_null("name", name), &not_null("payload", payload).value("payload"))
 }
 
 /// Stops delivery for one trigger; capture goes on.
 #[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
 fn pause_event_trigger(name: Option<&str>) {
     set_paused(not_null("name", name), true)
 }
 
 /// Restarts delivery for one trigger; its backlog flows.
 #[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
 fn resume_event_trigger(name: Option<&str>) {
     set_paused(not_null("name", name), false)
 }
 
 fn set_paused(name: &str, paused: bool) {
+    let caller = catalog::current_user();
     let owner = catalog::extension_owner();
-    let found = catalog::as_owner(owner, || {
-        spi(Spi::get_one_with_args::<bool>(
-            "UPDATE webhooks.event_triggers SET paused = $2 WHERE name OPERATOR(pg_catalog.=) $1 RETURNING true",
+    catalog::as_owner(owner, || {
+        managed_trigger(name, caller, owner, Lock::ForUpdate);
+        spi(Spi::run_with_args(
+            "UPDATE webhooks.event_triggers SET paused = $2 WHERE name OPERATOR(pg_catalog.=) $1",
             &[name.into(), paused.into()],
-        ))
+        ));
     });
-    if found.is_none() {
-        raise(unknown_trigger(name));
-    }
     if !paused {
         crate::wake::note_event_written();
     }
@@ -80,6 +92,7 @@ fn set_paused(name: &str, paused: bool) {
 /// Runs a Hasura API body: `{"type": ..., "args": ...}`, v1 or v2 names, or
 /// `bulk` (all or nothing). Answers as Hasura does.
 #[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
 fn query(body: Option<JsonArg>) -> JsonB {
     let request = query::parse(&not_null("body", body).value("body")).or_raise();
     JsonB(run(request))
@@ -149,6 +162,7 @@ fn within<R>(context: &str, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
 /// nothing. Returns `{"created": [names], "unsupported": [{"trigger", "key",
 /// "reason"}, ...]}`.
 #[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
 fn import_hasura_metadata(metadata: Option<JsonArg>) -> JsonB {
     let import = webhooks_core::hasura_metadata::parse(&not_null("metadata", metadata).value("metadata")).or_raise();
     let mut created = Vec::with_capacity(import.creates.len());
@@ -161,8 +175,13 @@ fn import_hasura_metadata(metadata: Option<JsonArg>) -> JsonB {
 }
 
 pub fn create(args: &Value) -> Value {
-    let parsed = definition::parse_create_args(args, &|var| std::env::var(var).ok()).or_raise();
+    let caller = catalog::current_user();
+    let env_policy = settings::env_policy_for_current_user();
+    let ctx = Context { env: &|var| std::env::var(var).ok(), env_policy: &env_policy, limits: settings::limits() };
+    let parsed = definition::parse_create_args(args, &ctx).or_raise();
     let def = parsed.definition;
+    // Resolved once, by the caller, and locked: the checks and the DDL below
+    // are about this one table.
     let table = catalog::resolve_table(&def.table.schema, &def.table.name);
     catalog::check_table_privileges(&table);
     let attnums = listed_attnums(&def, &table);
@@ -171,38 +190,31 @@ pub fn create(args: &Value) -> Value {
 
     catalog::as_owner(owner, || {
         let previous = if parsed.replace {
-            let previous = spi(Spi::get_two_with_args::<String, String>(
-                "SELECT schema_name, table_name FROM webhooks.event_triggers
-                 WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-                &[def.name.as_str().into()],
-            ));
-            spi(Spi::run_with_args(
-                "INSERT INTO webhooks.event_triggers (name, definition) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE
-                 SET definition = excluded.definition, updated_at = pg_catalog.now()",
-                &[def.name.as_str().into(), JsonB(stored.clone()).into()],
-            ));
-            match previous {
-                (Some(schema), Some(name)) => Some((schema, name)),
-                _ => None,
+            match lookup_trigger(&def.name, Lock::ForUpdate) {
+                Some(found) => {
+                    check_may_manage(&found, caller, owner);
+                    spi(Spi::run_with_args(
+                        "UPDATE webhooks.event_triggers SET definition = $2, updated_at = pg_catalog.now()
+                         WHERE name OPERATOR(pg_catalog.=) $1",
+                        &[def.name.as_str().into(), JsonB(stored.clone()).into()],
+                    ));
+                    Some((found.schema, found.table))
+                }
+                None => {
+                    insert_definition(&def.name, &stored, caller, owner);
+                    None
+                }
             }
         } else {
-            let inserted = spi(Spi::get_one_with_args::<bool>(
-                "INSERT INTO webhooks.event_triggers (name, definition) VALUES ($1, $2)
-                 ON CONFLICT (name) DO NOTHING RETURNING true",
-                &[def.name.as_str().into(), JsonB(stored.clone()).into()],
-            ));
-            if inserted.is_none() {
-                raise(
-                    ApiError::new(SqlState::DuplicateObject, format!("event trigger \"{}\" already exists", def.name))
-                        .with_hint("Pass \"replace\": true to replace its definition, or choose another name."),
-                );
-            }
+            insert_definition(&def.name, &stored, caller, owner);
             None
         };
 
         spi(Spi::run(&table_trigger_sql(&def, &table)));
-        record_column_dependencies(&def.name, &table, &attnums);
+        let tgoid = table_trigger_oid(&def.name, &table).unwrap_or_else(|| {
+            error!("pg_webhooks: the table trigger of \"{}\" is not on {} as expected", def.name, table.qualified)
+        });
+        record_column_dependencies(tgoid, &table, &attnums);
 
         // Moved to another table: drop the old table's trigger, now that the
         // definition and the new trigger are in place.
@@ -213,6 +225,110 @@ pub fn create(args: &Value) -> Value {
         }
     });
     stored
+}
+
+/// Stores a new definition owned by `caller`; an existing name is an error.
+fn insert_definition(name: &str, stored: &Value, caller: pg_sys::Oid, extension_owner: pg_sys::Oid) {
+    let inserted = if catalog::owner_column_exists() {
+        spi(Spi::get_one_with_args::<bool>(
+            "INSERT INTO webhooks.event_triggers (name, definition, owner) VALUES ($1, $2, $3::pg_catalog.regrole)
+             ON CONFLICT (name) DO NOTHING RETURNING true",
+            &[name.into(), JsonB(stored.clone()).into(), caller.into()],
+        ))
+    } else {
+        // The previous release's tables: the trigger will belong to the
+        // extension's owner, so only its members may create one.
+        if !catalog::may_manage(caller, extension_owner, extension_owner) {
+            raise(
+                ApiError::new(
+                    SqlState::ObjectNotInPrerequisiteState,
+                    "pg_webhooks was upgraded but ALTER EXTENSION pg_webhooks UPDATE has not run in this database",
+                )
+                .with_hint("Until it runs, only superusers and the extension's owner may create event triggers; ask one to run it."),
+            );
+        }
+        spi(Spi::get_one_with_args::<bool>(
+            "INSERT INTO webhooks.event_triggers (name, definition) VALUES ($1, $2)
+             ON CONFLICT (name) DO NOTHING RETURNING true",
+            &[name.into(), JsonB(stored.clone()).into()],
+        ))
+    };
+    if inserted.is_none() {
+        raise(
+            ApiError::new(SqlState::DuplicateObject, format!("event trigger \"{name}\" already exists"))
+                .with_hint("Pass \"replace\": true to replace its definition, or choose another name."),
+        );
+    }
+}
+
+/// An event trigger's row as the management functions need it.
+struct Found {
+    name: String,
+    schema: String,
+    table: String,
+    owner: pg_sys::Oid,
+    definition: JsonB,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// The row is changed or deleted: concurrent changes wait.
+    ForUpdate,
+    None,
+}
+
+fn lookup_trigger(name: &str, lock: Lock) -> Option<Found> {
+    // Before ALTER EXTENSION ... UPDATE there is no owner column: every
+    // trigger is the extension owner's.
+    let owner = if catalog::owner_column_exists() {
+        "owner::pg_catalog.oid"
+    } else {
+        "(SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_webhooks')"
+    };
+    let sql = format!(
+        "SELECT schema_name, table_name, {owner}, definition FROM webhooks.event_triggers
+         WHERE name OPERATOR(pg_catalog.=) $1{}",
+        if lock == Lock::ForUpdate { " FOR UPDATE" } else { "" }
+    );
+    let sql = sql.as_str();
+    Spi::connect(|c| {
+        let rows = spi(c.select(sql, Some(1), &[name.into()]).map(Some)).expect("select returns a table");
+        let row = rows.into_iter().next()?;
+        Some(Found {
+            name: name.to_string(),
+            schema: spi(row.get::<String>(1)).unwrap_or_default(),
+            table: spi(row.get::<String>(2)).unwrap_or_default(),
+            owner: spi(row.get::<pg_sys::Oid>(3)).unwrap_or(pg_sys::Oid::INVALID),
+            definition: spi(row.get::<JsonB>(4)).expect("definition is NOT NULL"),
+        })
+    })
+}
+
+fn check_may_manage(found: &Found, caller: pg_sys::Oid, extension_owner: pg_sys::Oid) {
+    if !catalog::may_manage(caller, found.owner, extension_owner) {
+        raise(
+            ApiError::new(
+                SqlState::InsufficientPrivilege,
+                format!(
+                    "permission denied for event trigger {}: it belongs to role {}",
+                    json!(found.name),
+                    json!(catalog::role_name(found.owner))
+                ),
+            )
+            .with_hint(
+                "Only members of the role that created an event trigger, the extension's owner and superusers may change, delete, pause, resume, invoke or redeliver it.",
+            ),
+        );
+    }
+}
+
+/// Event trigger `name`, which `caller` may manage: 42704 when it does not
+/// exist, 42501 when it belongs to a role `caller` is not a member of. Runs
+/// with the owner's rights (it reads webhooks.event_triggers).
+fn managed_trigger(name: &str, caller: pg_sys::Oid, extension_owner: pg_sys::Oid, lock: Lock) -> Found {
+    let Some(found) = lookup_trigger(name, lock) else { raise(unknown_trigger(name)) };
+    check_may_manage(&found, caller, extension_owner);
+    found
 }
 
 /// The attribute numbers of every listed column; an unknown column is an
@@ -271,26 +387,33 @@ fn table_trigger_sql(def: &Definition, table: &Table) -> String {
     )
 }
 
+/// The oid of event trigger `name`'s table trigger on `table`. The trigger
+/// was created by a qualified name under a lock on the table; this checks
+/// that it landed on the table that was resolved and checked.
+fn table_trigger_oid(name: &str, table: &Table) -> Option<pg_sys::Oid> {
+    spi(Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT oid FROM pg_catalog.pg_trigger
+         WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) $2",
+        &[table.oid.into(), table_trigger_name(name).as_str().into()],
+    ))
+}
+
 /// Makes the table trigger depend on every listed column, as a trigger's
 /// `UPDATE OF` columns do: DROP COLUMN of one is refused (or drops the
 /// trigger, and so the event trigger, with CASCADE), and renames are tracked.
 /// Dependencies already recorded are left alone, so this can run again.
-fn record_column_dependencies(name: &str, table: &Table, attnums: &[i16]) {
+fn record_column_dependencies(tgoid: pg_sys::Oid, table: &Table, attnums: &[i16]) {
     if attnums.is_empty() {
         return;
     }
-    let Some(tgoid) = spi(Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT oid FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname OPERATOR(pg_catalog.=) $2",
-        &[table.oid.into(), table_trigger_name(name).as_str().into()],
-    )) else {
-        return;
-    };
     let recorded: Vec<i16> = Spi::connect(|c| {
         spi(c
             .select(
-                "SELECT refobjsubid::int2 FROM pg_catalog.pg_depend
-                 WHERE classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass AND objid = $1
-                   AND refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND refobjid = $2 AND refobjsubid > 0",
+                "SELECT refobjsubid::pg_catalog.int2 FROM pg_catalog.pg_depend
+                 WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+                   AND objid OPERATOR(pg_catalog.=) $1
+                   AND refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                   AND refobjid OPERATOR(pg_catalog.=) $2 AND refobjsubid OPERATOR(pg_catalog.>) 0",
                 None,
                 &[tgoid.into(), table.oid.into()],
             )
@@ -302,8 +425,11 @@ fn record_column_dependencies(name: &str, table: &Table, attnums: &[i16]) {
     for &attnum in attnums.iter().filter(|a| !recorded.contains(a)) {
         let column =
             pg_sys::ObjectAddress { classId: pg_sys::RelationRelationId, objectId: table.oid, objectSubId: attnum as i32 };
+        // SAFETY: both addresses name existing objects (the trigger just
+        // looked up, a live column of the locked table).
         unsafe { pg_sys::recordDependencyOn(&trigger, &column, pg_sys::DependencyType::DEPENDENCY_NORMAL) };
     }
+    // SAFETY: makes the new pg_depend rows visible to later statements.
     unsafe { pg_sys::CommandCounterIncrement() };
 }
 
@@ -311,6 +437,7 @@ fn record_column_dependencies(name: &str, table: &Table, attnums: &[i16]) {
 /// again. pg_dump does not carry them; the DDL event trigger calls this when
 /// pg_restore (or anyone) creates a `pg_webhooks_*` trigger.
 #[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
 fn _record_dependencies(name: &str) {
     let owner = catalog::extension_owner();
     catalog::as_owner(owner, || {
@@ -323,7 +450,10 @@ fn _record_dependencies(name: &str) {
         let def = Definition::from_stored(&stored.0).or_raise();
         let table = catalog::resolve_table(&def.table.schema, &def.table.name);
         let attnums = listed_attnums(&def, &table);
-        record_column_dependencies(name, &table, &attnums);
+        // A trigger of that name on another table is not ours to complete.
+        if let Some(tgoid) = table_trigger_oid(name, &table) {
+            record_column_dependencies(tgoid, &table, &attnums);
+        }
     });
 }
 
@@ -347,30 +477,30 @@ fn unknown_trigger(name: &str) -> ApiError {
 }
 
 pub fn delete(name: &str) {
+    let caller = catalog::current_user();
     let owner = catalog::extension_owner();
     catalog::as_owner(owner, || {
-        let row = spi(Spi::get_two_with_args::<String, String>(
-            "DELETE FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1 RETURNING schema_name, table_name",
-            &[name.into()],
-        ));
-        let (Some(schema), Some(table)) = row else { raise(unknown_trigger(name)) };
+        let found = managed_trigger(name, caller, owner, Lock::ForUpdate);
+        spi(Spi::run_with_args("DELETE FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1", &[name.into()]));
         spi(Spi::run_with_args(
             "UPDATE webhooks.event_log SET archived = true
              WHERE trigger_name OPERATOR(pg_catalog.=) $1 AND NOT delivered AND NOT error AND NOT archived",
             &[name.into()],
         ));
-        drop_table_trigger(name, &schema, &table);
+        drop_table_trigger(name, &found.schema, &found.table);
     });
 }
 
 pub fn redeliver(event_id: pgrx::Uuid) {
+    let caller = catalog::current_user();
     let owner = catalog::extension_owner();
     catalog::as_owner(owner, || {
-        let (locked, trigger) = spi(Spi::get_two_with_args::<bool, String>(
-            "SELECT locked IS NOT NULL, trigger_name FROM webhooks.event_log WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+        let (locked, trigger, archived) = spi(Spi::get_three_with_args::<bool, String, bool>(
+            "SELECT locked IS NOT NULL, trigger_name, archived FROM webhooks.event_log
+             WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
             &[event_id.into()],
         ));
-        let (Some(locked), Some(trigger)) = (locked, trigger) else {
+        let (Some(locked), Some(trigger), Some(archived)) = (locked, trigger, archived) else {
             raise(
                 ApiError::new(SqlState::NoDataFound, format!("event {event_id} does not exist"))
                     .with_hint("Event ids are in webhooks.event_log.id; cleaned-up events cannot be redelivered."),
@@ -382,13 +512,21 @@ pub fn redeliver(event_id: pgrx::Uuid) {
                     .with_hint("Try again when the attempt has finished."),
             );
         }
-        let exists = spi(Spi::get_one_with_args::<bool>(
-            "SELECT true FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1",
-            &[trigger.as_str().into()],
-        ));
-        if exists.is_none() {
-            raise(unknown_trigger(&trigger).with_hint("The event's trigger was deleted; its events cannot be sent."));
+        if archived {
+            // Its trigger was deleted; a trigger created since under the
+            // same name is another trigger, with another table and webhook.
+            raise(
+                ApiError::new(
+                    SqlState::ObjectNotInPrerequisiteState,
+                    format!("event {event_id} was archived when event trigger {} was deleted; it cannot be sent", json!(trigger)),
+                )
+                .with_hint("Archived events belong to a deleted trigger; invoke the current trigger with the payload instead."),
+            );
         }
+        let Some(found) = lookup_trigger(&trigger, Lock::None) else {
+            raise(unknown_trigger(&trigger).with_hint("The event's trigger was deleted; its events cannot be sent."))
+        };
+        check_may_manage(&found, caller, owner);
         spi(Spi::run_with_args(
             "UPDATE webhooks.event_log
              SET tries = 0, delivered = false, error = false, archived = false, locked = NULL,
@@ -401,15 +539,12 @@ pub fn redeliver(event_id: pgrx::Uuid) {
 }
 
 pub fn invoke(name: &str, payload: &Value) -> pgrx::Uuid {
+    let caller = catalog::current_user();
     let owner = catalog::extension_owner();
     let id = crate::capture::new_event_id();
     catalog::as_owner(owner, || {
-        let stored = spi(Spi::get_one_with_args::<JsonB>(
-            "SELECT definition FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1",
-            &[name.into()],
-        ));
-        let Some(stored) = stored else { raise(unknown_trigger(name)) };
-        let def = Definition::from_stored(&stored.0).or_raise();
+        let found = managed_trigger(name, caller, owner, Lock::None);
+        let def = Definition::from_stored(&found.definition.0).or_raise();
         if !def.enable_manual {
             raise(
                 ApiError::new(

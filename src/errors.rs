@@ -19,6 +19,7 @@ fn errcode(state: SqlState) -> PgSqlErrorCode {
         SqlState::InsufficientPrivilege => ERRCODE_INSUFFICIENT_PRIVILEGE,
         SqlState::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
         SqlState::NullValueNotAllowed => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        SqlState::ProgramLimitExceeded => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
     }
 }
 

@@ -51,6 +51,8 @@ static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    hide_rust_backtraces();
+    // SAFETY: a backend global, set by PostgreSQL before it loads libraries.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     settings::register(preloading);
     if preloading {
@@ -62,8 +64,23 @@ pub extern "C-unwind" fn _PG_init() {
     append::init();
 }
 
+/// pgrx appends a Rust backtrace to the DETAIL of errors that pass through
+/// its guards when `RUST_BACKTRACE` is set in the server's environment:
+/// file paths and internals for any client to read. The standard library
+/// decides once per process, from `RUST_LIB_BACKTRACE` first; setting it to
+/// 0 here, while the process is still single-threaded (the postmaster
+/// preloading, or a backend loading the library), keeps error details to
+/// what PostgreSQL itself says. Panics on the worker's HTTP threads still
+/// print their message to the server log.
+fn hide_rust_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none_or(|v| v != "0") {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
 /// Called by CREATE EXTENSION: warns when nothing will be delivered.
 #[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
 fn _warn_if_not_preloaded() {
     if !PRELOADED.load(std::sync::atomic::Ordering::Relaxed) {
         ereport!(

@@ -4,6 +4,9 @@
 use std::ffi::CString;
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+use webhooks_core::definition::Limits;
+use webhooks_core::env_policy::EnvPolicy;
 
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
@@ -12,6 +15,9 @@ pub static MAX_CONCURRENT_PER_TRIGGER: GucSetting<i32> = GucSetting::<i32>::new(
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static RESPONSE_BODY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 pub static RETENTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static ALLOWED_ENV_VARS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static MAX_DEFINITION_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+pub static MAX_TIMEOUT_SEC: GucSetting<i32> = GucSetting::<i32>::new(300);
 
 /// Registers the settings. `webhooks.database` takes effect at server start
 /// only, and PostgreSQL refuses such a setting from a library loaded later,
@@ -93,6 +99,58 @@ fn register_reloadable() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"webhooks.allowed_env_vars",
+        c"Environment variables of the server that roles other than superusers may use in definitions.",
+        c"Names (HOOK_TOKEN) and prefixes (HOOK_*), separated by commas; empty allows none. Superusers may use any.",
+        &ALLOWED_ENV_VARS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"webhooks.max_definition_size",
+        c"The largest event trigger definition create_event_trigger accepts, as JSON text.",
+        c"",
+        &MAX_DEFINITION_SIZE,
+        1024,
+        64 * 1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"webhooks.max_timeout",
+        c"The largest retry_conf.timeout_sec a definition may give; longer stored timeouts are cut to it.",
+        c"",
+        &MAX_TIMEOUT_SEC,
+        1,
+        24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+}
+
+/// The environment variables a role that is not a superuser may use.
+pub fn restricted_env_policy() -> EnvPolicy {
+    EnvPolicy::from_setting(&ALLOWED_ENV_VARS.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
+/// What the current user may do with the server's environment.
+pub fn env_policy_for_current_user() -> EnvPolicy {
+    // SAFETY: superuser() only reads the current user id and the role cache.
+    if unsafe { pg_sys::superuser() } {
+        EnvPolicy::unrestricted()
+    } else {
+        restricted_env_policy()
+    }
+}
+
+/// The bounds of `webhooks.max_definition_size` and `webhooks.max_timeout`.
+pub fn limits() -> Limits {
+    Limits { max_definition_bytes: MAX_DEFINITION_SIZE.get().max(0) as usize, max_timeout_sec: max_timeout_sec() }
+}
+
+pub fn max_timeout_sec() -> i32 {
+    MAX_TIMEOUT_SEC.get().max(1)
 }
 
 /// `webhooks.retention`, if set and not empty.

@@ -15,6 +15,7 @@ fn timestamp(micros: i64) -> Option<TimestampWithTimeZone> {
 /// One row while the library is preloaded (pid is NULL while no worker
 /// runs); no row otherwise.
 #[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
 fn worker_status() -> TableIterator<
     'static,

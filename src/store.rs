@@ -93,15 +93,57 @@ pub fn release_stale_locks() -> i64 {
     .unwrap_or(0)
 }
 
-/// The definitions of triggers that are not paused, with their last
-/// change, for the worker's cache.
-pub fn definitions() -> Vec<(String, String, JsonB)> {
+/// A trigger that is not paused, as the worker checks it every round: its
+/// row version (a change means its definition must be read again) and
+/// whether its owner is a superuser (who may use any environment variable).
+pub struct TriggerState {
+    pub name: String,
+    pub version: String,
+    pub owner_is_superuser: bool,
+}
+
+/// Every trigger that is not paused; definitions are not read (see
+/// [`definitions_of`]), so a large one costs nothing while unchanged.
+pub fn trigger_states() -> Vec<TriggerState> {
+    // Before ALTER EXTENSION ... UPDATE there is no owner column: every
+    // trigger is the extension owner's.
+    let sql = if crate::catalog::owner_column_exists() {
+        "SELECT t.name, t.xmin::pg_catalog.text,
+                COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                          WHERE r.oid OPERATOR(pg_catalog.=) t.owner::pg_catalog.oid), false)
+         FROM webhooks.event_triggers t WHERE NOT t.paused"
+    } else {
+        "SELECT t.name, t.xmin::pg_catalog.text,
+                COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r JOIN pg_catalog.pg_extension e
+                          ON r.oid OPERATOR(pg_catalog.=) e.extowner
+                          WHERE e.extname OPERATOR(pg_catalog.=) 'pg_webhooks'), false)
+         FROM webhooks.event_triggers t WHERE NOT t.paused"
+    };
+    Spi::connect(|c| {
+        let rows = spi(c.select(sql, None, &[]).map(Some))
+        .expect("select returns a table");
+        rows.into_iter()
+            .map(|r| TriggerState {
+                name: spi(r.get::<String>(1)).unwrap_or_default(),
+                version: spi(r.get::<String>(2)).unwrap_or_default(),
+                owner_is_superuser: spi(r.get::<bool>(3)).unwrap_or(false),
+            })
+            .collect()
+    })
+}
+
+/// The definitions of `names`, with their row versions.
+pub fn definitions_of(names: Vec<String>) -> Vec<(String, String, JsonB)> {
+    if names.is_empty() {
+        return Vec::new();
+    }
     Spi::connect(|c| {
         let rows = spi(c
             .select(
-                "SELECT name, updated_at::text, definition FROM webhooks.event_triggers WHERE NOT paused",
+                "SELECT t.name, t.xmin::pg_catalog.text, t.definition FROM webhooks.event_triggers t
+                 WHERE t.name OPERATOR(pg_catalog.=) ANY ($1)",
                 None,
-                &[],
+                &[names.into()],
             )
             .map(Some))
         .expect("select returns a table");

@@ -19,7 +19,9 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags
 use pgrx::prelude::*;
 use webhooks_core::definition::{Definition, HeaderValue, RetryConf, Webhook};
 use webhooks_core::delivery::{webhook_body, Attempt, Client, Outcome, Pool};
+use webhooks_core::env_policy::EnvPolicy;
 use webhooks_core::env_template;
+use webhooks_core::ApiError;
 use webhooks_core::retry::{self, Verdict};
 
 use crate::shmem::{self, WorkerShared};
@@ -90,7 +92,7 @@ struct Worker {
     oldest_pending: Option<Instant>,
     /// When the next retry falls due, if no claim is pending anyway.
     next_due: Option<Instant>,
-    definitions: HashMap<String, (String, Definition)>,
+    definitions: HashMap<String, Cached>,
     next_tag: u64,
     /// The extension is installed and stale locks were released.
     ready: bool,
@@ -106,6 +108,16 @@ struct Worker {
     /// Attempts prepared in the current round, per trigger: they go to the
     /// pool once the round's transaction (which claimed them) has committed.
     ready_to_send: Vec<(String, Vec<Attempt>)>,
+}
+
+/// A trigger's definition as last read, with the version of its row.
+struct Cached {
+    version: String,
+    def: Definition,
+    /// The environment variables its webhook and headers may use: all of
+    /// them when its owner is a superuser, else `webhooks.allowed_env_vars`
+    /// (checked again every round, as roles and the setting change).
+    env_policy: EnvPolicy,
 }
 
 const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
@@ -370,26 +382,39 @@ impl Worker {
         };
     }
 
+    /// Brings the cached definitions up to date: every round checks which
+    /// triggers exist and are not paused, and their row versions; only a
+    /// definition whose row changed is read and parsed again.
     fn refresh_definitions(&mut self) {
-        let mut seen = Vec::new();
-        for (name, updated, def) in store::definitions() {
-            seen.push(name.clone());
-            if self.definitions.get(&name).is_some_and(|(u, _)| *u == updated) {
-                continue;
-            }
+        let states = store::trigger_states();
+        let restricted = settings::restricted_env_policy();
+        let changed: Vec<String> = states
+            .iter()
+            .filter(|t| self.definitions.get(&t.name).is_none_or(|c| c.version != t.version))
+            .map(|t| t.name.clone())
+            .collect();
+        if !changed.is_empty() {
+            debug1!("pg_webhooks: reading the definitions of {}", changed.join(", "));
+        }
+        for (name, version, def) in store::definitions_of(changed) {
             match Definition::from_stored(&def.0) {
-                Ok(d) => {
-                    self.definitions.insert(name, (updated, d));
+                Ok(def) => {
+                    self.definitions.insert(name, Cached { version, def, env_policy: EnvPolicy::unrestricted() });
                 }
                 Err(e) => warning!("pg_webhooks: event trigger \"{name}\" has an invalid stored definition: {}", e.message),
             }
         }
-        self.definitions.retain(|name, _| seen.contains(name));
+        self.definitions.retain(|name, _| states.iter().any(|t| t.name == *name));
+        for t in &states {
+            if let Some(c) = self.definitions.get_mut(&t.name) {
+                c.env_policy = if t.owner_is_superuser { EnvPolicy::unrestricted() } else { restricted.clone() };
+            }
+        }
     }
 
     /// Builds the HTTP attempt for a claimed event and queues it in its lane.
     fn prepare(&mut self, event: store::Claimed) {
-        let Some((_, def)) = self.definitions.get(&event.trigger) else {
+        let Some(Cached { def, env_policy, .. }) = self.definitions.get(&event.trigger) else {
             // Claimed by name from the definitions just read: cannot happen.
             return;
         };
@@ -406,12 +431,23 @@ impl Worker {
             def.retry_conf.num_retries,
             event.tries,
         );
-        let env = |v: &str| std::env::var(v).ok();
-        let (url, url_logged) = match &def.webhook {
-            Webhook::Url(template) => (env_template::render(template, &env).map_err(|e| e.message), template.clone()),
-            Webhook::FromEnv(var) => {
-                (env(var).ok_or_else(|| format!("environment variable \"{var}\" is not set")), format!("{{{{{var}}}}}"))
+        // The owner's policy again: webhooks.allowed_env_vars may have
+        // shrunk, or the owner lost superuser, since the trigger was created.
+        let read = |var: &str| -> Result<String, String> {
+            if !env_policy.allows(var) {
+                return Err(format!(
+                    "environment variable \"{var}\" is not in webhooks.allowed_env_vars and the trigger's owner is not a superuser"
+                ));
             }
+            std::env::var(var).map_err(|_| format!("environment variable \"{var}\" is not set"))
+        };
+        let env = |v: &str| read(v).ok();
+        let (url, url_logged) = match &def.webhook {
+            Webhook::Url(template) => (
+                env_template::render_with(template, &|v| read(v).map_err(ApiError::invalid)).map_err(|e| e.message),
+                template.clone(),
+            ),
+            Webhook::FromEnv(var) => (read(var), format!("{{{{{var}}}}}")),
         };
         let now_secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let mut headers = Vec::with_capacity(def.headers.len() + 2);
@@ -428,12 +464,12 @@ impl Worker {
                     logged.push(serde_json::json!({"name": h.name, "value": v}));
                 }
                 HeaderValue::FromEnv(var) => {
-                    match env(var) {
-                        Some(v) => {
+                    match read(var) {
+                        Ok(v) => {
                             secrets.push(v.clone());
                             headers.push((h.name.clone(), v));
                         }
-                        None => missing = Some(format!("environment variable \"{var}\" is not set")),
+                        Err(e) => missing = Some(e),
                     }
                     logged.push(serde_json::json!({"name": h.name, "value": format!("<redacted: from env {var}>")}));
                 }
@@ -466,7 +502,9 @@ impl Worker {
             self.pending.push(Outcome { tag, response: None, error: Some(error), started: SystemTime::now(), duration: Duration::ZERO });
             return;
         }
-        let timeout = Duration::from_secs(def.retry_conf.timeout_sec.max(1) as u64);
+        // Stored timeouts longer than webhooks.max_timeout (lowered since)
+        // are cut to it.
+        let timeout = Duration::from_secs(def.retry_conf.timeout_sec.clamp(1, settings::max_timeout_sec()) as u64);
         let attempt = Attempt { tag, url: url.expect("checked above"), headers, body, timeout };
         match self.ready_to_send.iter_mut().find(|(t, _)| *t == event.trigger) {
             Some((_, list)) => list.push(attempt),

@@ -4,12 +4,21 @@
 //!
 //! Nothing here touches PostgreSQL. Whether the table and its columns exist
 //! is checked by the glue; environment variables are looked up through the
-//! closure the caller passes, so tests can supply their own.
+//! [`Context`] the caller passes, which also says which variables the caller
+//! may use and how large a definition may be, so tests can supply their own.
 
 use serde_json::{json, Map, Value};
 
+use crate::env_policy::EnvPolicy;
 use crate::env_template;
 use crate::error::{ApiError, ApiResult, SqlState};
+
+/// At most this many headers per definition.
+pub const MAX_HEADERS: usize = 64;
+/// The longest webhook URL (template or resolved) accepted, in bytes.
+pub const MAX_URL_BYTES: usize = 8192;
+/// The longest header value accepted, in bytes.
+pub const MAX_HEADER_VALUE_BYTES: usize = 8192;
 
 /// Hasura's limit on trigger names, kept so definitions stay portable.
 pub const MAX_NAME_LEN: usize = 42;
@@ -115,6 +124,39 @@ pub struct CreateArgs {
 /// Looks up an environment variable of the server.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// Bounds a grantee cannot lift: set by superusers through settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `webhooks.max_definition_size`: the arguments as JSON text, in bytes.
+    pub max_definition_bytes: usize,
+    /// `webhooks.max_timeout`: the largest `retry_conf.timeout_sec`.
+    pub max_timeout_sec: i32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_definition_bytes: 64 * 1024, max_timeout_sec: 300 }
+    }
+}
+
+/// What creating a definition may consult, and within which bounds.
+pub struct Context<'a> {
+    /// The server's environment.
+    pub env: EnvLookup<'a>,
+    /// Which of its variables the caller may use.
+    pub env_policy: &'a EnvPolicy,
+    pub limits: Limits,
+}
+
+impl Context<'_> {
+    /// The value of `var` for key `key`: refused first when the caller may
+    /// not use it (saying nothing of whether it exists), then looked up.
+    fn read_env(&self, key: &str, var: &str) -> ApiResult<String> {
+        self.env_policy.check(key, var)?;
+        (self.env)(var).ok_or_else(|| missing_env(key, var))
+    }
+}
+
 impl Definition {
     /// The normalized definition: every default filled in, keys in a fixed
     /// order. This is what `create_event_trigger` returns and stores.
@@ -155,7 +197,12 @@ impl Definition {
     /// Reads back a stored definition. It was validated when stored, so the
     /// environment is not consulted again.
     pub fn from_stored(v: &Value) -> ApiResult<Definition> {
-        parse_definition(v, &|_| Some("http://stored.invalid/".into()), false).map(|a| a.definition)
+        let ctx = Context {
+            env: &|_| Some("http://stored.invalid/".into()),
+            env_policy: &EnvPolicy::unrestricted(),
+            limits: Limits { max_definition_bytes: usize::MAX, max_timeout_sec: i32::MAX },
+        };
+        parse_definition(v, &ctx, false).map(|a| a.definition)
     }
 
     /// Every column named in a `columns` or `payload` list, each once, in the
@@ -180,11 +227,22 @@ impl Definition {
 }
 
 /// Parses and validates the arguments of `create_event_trigger`.
-pub fn parse_create_args(v: &Value, env: EnvLookup) -> ApiResult<CreateArgs> {
-    parse_definition(v, env, true)
+pub fn parse_create_args(v: &Value, ctx: &Context) -> ApiResult<CreateArgs> {
+    let size = v.to_string().len();
+    if size > ctx.limits.max_definition_bytes {
+        return Err(ApiError::new(
+            SqlState::ProgramLimitExceeded,
+            format!(
+                "the event trigger definition is {size} bytes long, more than webhooks.max_definition_size ({} bytes)",
+                ctx.limits.max_definition_bytes
+            ),
+        )
+        .with_hint("Shorten the definition (headers, URL, column lists), or ask a superuser to raise webhooks.max_definition_size."));
+    }
+    parse_definition(v, ctx, true)
 }
 
-fn parse_definition(v: &Value, env: EnvLookup, check_env: bool) -> ApiResult<CreateArgs> {
+fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<CreateArgs> {
     let obj = v.as_object().ok_or_else(|| {
         ApiError::invalid(format!(
             "create_event_trigger expects a JSON object of arguments, got {}",
@@ -225,7 +283,8 @@ fn parse_definition(v: &Value, env: EnvLookup, check_env: bool) -> ApiResult<Cre
         (Some(w), None) => {
             let url = expect_str("webhook", w)?;
             if check_env {
-                let resolved = env_template::render(url, env).map_err(|e| e.within("key \"webhook\""))?;
+                check_length("webhook", url, MAX_URL_BYTES)?;
+                let resolved = env_template::render_with(url, &|var| ctx.read_env("webhook", var))?;
                 check_url("webhook", &resolved, url)?;
             }
             Webhook::Url(url.to_string())
@@ -233,7 +292,7 @@ fn parse_definition(v: &Value, env: EnvLookup, check_env: bool) -> ApiResult<Cre
         (None, Some(e)) => {
             let var = parse_env_name("webhook_from_env", e)?;
             if check_env {
-                let value = env(&var).ok_or_else(|| missing_env("webhook_from_env", &var))?;
+                let value = ctx.read_env("webhook_from_env", &var)?;
                 check_url("webhook_from_env", &value, &format!("the value of {var}"))?;
             }
             Webhook::FromEnv(var)
@@ -243,8 +302,8 @@ fn parse_definition(v: &Value, env: EnvLookup, check_env: bool) -> ApiResult<Cre
     let insert = parse_op("insert", obj.get("insert"))?;
     let update = parse_op("update", obj.get("update"))?;
     let delete = parse_op("delete", obj.get("delete"))?;
-    let headers = parse_headers(obj.get("headers"), env, check_env)?;
-    let retry_conf = parse_retry_conf(obj.get("retry_conf"))?;
+    let headers = parse_headers(obj.get("headers"), ctx, check_env)?;
+    let retry_conf = parse_retry_conf(obj.get("retry_conf"), ctx.limits.max_timeout_sec)?;
     let replace = parse_bool("replace", obj.get("replace"), false)?;
     let enable_manual = parse_bool("enable_manual", obj.get("enable_manual"), true)?;
     parse_source(obj.get("source"))?;
@@ -384,9 +443,16 @@ fn parse_columns(key: &str, v: &Value) -> ApiResult<Columns> {
     }
 }
 
-fn parse_headers(v: Option<&Value>, env: EnvLookup, check_env: bool) -> ApiResult<Vec<Header>> {
+fn parse_headers(v: Option<&Value>, ctx: &Context, check_env: bool) -> ApiResult<Vec<Header>> {
     let items = match v {
         None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) if check_env && items.len() > MAX_HEADERS => {
+            return Err(ApiError::new(
+                SqlState::ProgramLimitExceeded,
+                format!("invalid value for key \"headers\": {} headers, the limit is {MAX_HEADERS}", items.len()),
+            )
+            .with_hint("Send fewer headers."))
+        }
         Some(Value::Array(items)) => items,
         Some(other) => {
             return Err(ApiError::invalid(format!(
@@ -426,6 +492,9 @@ fn parse_headers(v: Option<&Value>, env: EnvLookup, check_env: bool) -> ApiResul
             (Some(v), None) => {
                 let key = format!("{at}.value");
                 let s = expect_str(&key, v)?;
+                if check_env {
+                    check_length(&key, s, MAX_HEADER_VALUE_BYTES)?;
+                }
                 check_header_value(&key, s)?;
                 HeaderValue::Value(s.to_string())
             }
@@ -433,7 +502,7 @@ fn parse_headers(v: Option<&Value>, env: EnvLookup, check_env: bool) -> ApiResul
                 let key = format!("{at}.value_from_env");
                 let var = parse_env_name(&key, e)?;
                 if check_env {
-                    let val = env(&var).ok_or_else(|| missing_env(&key, &var))?;
+                    let val = ctx.read_env(&key, &var)?;
                     check_header_value(&format!("{key} (the value of {var})"), &val)?;
                 }
                 HeaderValue::FromEnv(var)
@@ -464,7 +533,7 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn parse_retry_conf(v: Option<&Value>) -> ApiResult<RetryConf> {
+fn parse_retry_conf(v: Option<&Value>, max_timeout_sec: i32) -> ApiResult<RetryConf> {
     let o = match v {
         None | Some(Value::Null) => return Ok(RetryConf::default()),
         Some(Value::Object(o)) => o,
@@ -482,11 +551,30 @@ fn parse_retry_conf(v: Option<&Value>) -> ApiResult<RetryConf> {
         }
     }
     let d = RetryConf::default();
+    let timeout_sec = parse_int("retry_conf.timeout_sec", o.get("timeout_sec"), d.timeout_sec, 1)?;
+    if timeout_sec > max_timeout_sec {
+        return Err(ApiError::invalid(format!(
+            "invalid value for key \"retry_conf.timeout_sec\": {timeout_sec} is more than webhooks.max_timeout ({max_timeout_sec} s)"
+        ))
+        .with_hint(format!("Give at most {max_timeout_sec}, or ask a superuser to raise webhooks.max_timeout.")));
+    }
     Ok(RetryConf {
         num_retries: parse_int("retry_conf.num_retries", o.get("num_retries"), d.num_retries, 0)?,
         interval_sec: parse_int("retry_conf.interval_sec", o.get("interval_sec"), d.interval_sec, 0)?,
-        timeout_sec: parse_int("retry_conf.timeout_sec", o.get("timeout_sec"), d.timeout_sec, 1)?,
+        timeout_sec,
     })
+}
+
+/// A part of the definition longer than `max` bytes is refused.
+fn check_length(key: &str, s: &str, max: usize) -> ApiResult<()> {
+    if s.len() > max {
+        return Err(ApiError::new(
+            SqlState::ProgramLimitExceeded,
+            format!("invalid value for key \"{key}\": {} bytes long, the limit is {max}", s.len()),
+        )
+        .with_hint("Shorten it."));
+    }
+    Ok(())
 }
 
 fn parse_int(key: &str, v: Option<&Value>, default: i32, min: i32) -> ApiResult<i32> {
@@ -640,7 +728,7 @@ mod tests {
     }
 
     fn parse(v: Value) -> ApiResult<CreateArgs> {
-        parse_create_args(&v, &env)
+        parse_create_args(&v, &Context { env: &env, env_policy: &EnvPolicy::unrestricted(), limits: Limits::default() })
     }
 
     fn base() -> Value {
@@ -904,5 +992,76 @@ mod tests {
     fn describe_truncates_long_values() {
         let d = describe(&json!("x".repeat(500)));
         assert!(d.len() < 80 && d.ends_with("..."), "{d}");
+    }
+
+    fn restricted(v: Value, allowed: &str) -> ApiResult<CreateArgs> {
+        let looked_up = std::cell::RefCell::new(Vec::<String>::new());
+        let lookup = |n: &str| {
+            looked_up.borrow_mut().push(n.to_string());
+            env(n)
+        };
+        let policy = EnvPolicy::from_setting(allowed);
+        let r = parse_create_args(&v, &Context { env: &lookup, env_policy: &policy, limits: Limits::default() });
+        for n in looked_up.borrow().iter() {
+            assert!(policy.allows(n), "{n} was looked up although it is not allowed");
+        }
+        r
+    }
+
+    #[test]
+    fn restricted_roles_use_only_allowed_variables() {
+        // Allowed: used as before.
+        let a = restricted(with("headers", json!([{"name": "X-A", "value_from_env": "SECRET"}])), "SECRET").unwrap();
+        assert_eq!(a.definition.headers[0].value, HeaderValue::FromEnv("SECRET".into()));
+        assert!(restricted(with("webhook", json!("https://{{HOOK_HOST}}/x")), "HOOK_*").is_ok());
+        // Not allowed: the same refusal whether the variable exists or not.
+        for (key, args) in [
+            ("headers[0].value_from_env", with("headers", json!([{"name": "X-A", "value_from_env": "SECRET"}]))),
+            ("headers[0].value_from_env", with("headers", json!([{"name": "X-A", "value_from_env": "NOPE"}]))),
+            ("webhook", with("webhook", json!("https://{{HOOK_HOST}}/x"))),
+            ("webhook", with("webhook", json!("https://x.example/?k={{NOPE}}"))),
+            ("webhook_from_env", {
+                let mut b = base();
+                b.as_object_mut().unwrap().remove("webhook");
+                b["webhook_from_env"] = json!("HOOK_URL");
+                b
+            }),
+        ] {
+            let e = restricted(args, "OTHER, X_*").unwrap_err();
+            assert_eq!(e.state, SqlState::InsufficientPrivilege, "{e:?}");
+            assert!(e.message.contains(&format!("\"{key}\"")) && e.message.contains("webhooks.allowed_env_vars"), "{e:?}");
+            assert!(!e.message.contains("not set"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn limits_bound_the_definition_and_its_parts() {
+        let limits = Limits { max_definition_bytes: 1000, max_timeout_sec: 120 };
+        let ctx = Context { env: &env, env_policy: &EnvPolicy::unrestricted(), limits };
+        let ok = with("retry_conf", json!({"timeout_sec": 120}));
+        assert_eq!(parse_create_args(&ok, &ctx).unwrap().definition.retry_conf.timeout_sec, 120);
+        let e = parse_create_args(&with("retry_conf", json!({"timeout_sec": 121})), &ctx).unwrap_err();
+        assert_eq!(e.state, SqlState::InvalidParameterValue);
+        assert!(e.message.contains("\"retry_conf.timeout_sec\": 121 is more than webhooks.max_timeout (120 s)"), "{}", e.message);
+
+        let big = with("headers", json!([{"name": "X-A", "value": "v".repeat(2000)}]));
+        let e = parse_create_args(&big, &ctx).unwrap_err();
+        assert_eq!(e.state, SqlState::ProgramLimitExceeded);
+        assert!(e.message.contains("more than webhooks.max_definition_size (1000 bytes)"), "{}", e.message);
+
+        let e = err(with("headers", json!((0..65).map(|i| json!({"name": format!("X-{i}"), "value": "1"})).collect::<Vec<_>>())));
+        assert_eq!(e.state, SqlState::ProgramLimitExceeded);
+        assert!(e.message.contains("65 headers, the limit is 64"), "{}", e.message);
+        let e = err(with("webhook", json!(format!("https://h.example/{}", "a".repeat(9000)))));
+        assert_eq!(e.state, SqlState::ProgramLimitExceeded);
+        assert!(e.message.contains("\"webhook\"") && e.message.contains("the limit is 8192"), "{}", e.message);
+        let e = err(with("headers", json!([{"name": "X-A", "value": "v".repeat(9000)}])));
+        assert!(e.message.contains("\"headers[0].value\"") && e.message.contains("the limit is 8192"), "{}", e.message);
+
+        // Stored definitions are read back whatever today's limits.
+        let mut d = parse(base()).unwrap().definition;
+        d.retry_conf.timeout_sec = 3000;
+        let stored = d.to_json();
+        assert_eq!(Definition::from_stored(&stored).unwrap().retry_conf.timeout_sec, 3000);
     }
 }

@@ -60,17 +60,22 @@ pub fn variables(template: &str) -> Vec<String> {
 /// Replaces every `{{VAR}}` with the variable's value; a missing variable is
 /// an error naming it.
 pub fn render(template: &str, env: EnvLookup) -> ApiResult<String> {
+    render_with(template, &|v| {
+        env(v).ok_or_else(|| {
+            ApiError::invalid(format!("environment variable \"{v}\" is not set in the PostgreSQL server's environment"))
+                .with_hint(format!("Set {v} in the environment of the postmaster and restart it."))
+        })
+    })
+}
+
+/// Like [`render`], with `get` deciding each variable's value or error (a
+/// variable the caller may not use, one that is not set).
+pub fn render_with(template: &str, get: &dyn Fn(&str) -> ApiResult<String>) -> ApiResult<String> {
     let mut out = String::with_capacity(template.len());
-    for part in split(template)? {
+    for part in split(template).map_err(|e| e.within("key \"webhook\""))? {
         match part {
             Part::Text(t) => out.push_str(t),
-            Part::Var(v) => {
-                let value = env(v).ok_or_else(|| {
-                    ApiError::invalid(format!("environment variable \"{v}\" is not set in the PostgreSQL server's environment"))
-                        .with_hint(format!("Set {v} in the environment of the postmaster and restart it."))
-                })?;
-                out.push_str(&value);
-            }
+            Part::Var(v) => out.push_str(&get(v)?),
         }
     }
     Ok(out)

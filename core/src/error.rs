@@ -30,6 +30,8 @@ pub enum SqlState {
     NullValueNotAllowed,
     /// 0A000: a Hasura feature pg_webhooks does not implement.
     FeatureNotSupported,
+    /// 54000: a definition or a part of it is larger than allowed.
+    ProgramLimitExceeded,
 }
 
 impl SqlState {
@@ -47,6 +49,7 @@ impl SqlState {
             SqlState::InsufficientPrivilege => "42501",
             SqlState::FeatureNotSupported => "0A000",
             SqlState::NullValueNotAllowed => "22004",
+            SqlState::ProgramLimitExceeded => "54000",
         }
     }
 }

@@ -5,6 +5,7 @@
 //!   normalized definition.
 //! - [`query`]: Hasura request bodies for `webhooks.query`.
 //! - [`env_template`]: `{{ENV_VAR}}` in webhook URLs.
+//! - [`env_policy`]: which environment variables a role may use.
 //! - [`error`]: errors with the SQLSTATE they raise.
 //! - [`retry`]: success, retry or failure of an attempt; `Retry-After`.
 //! - [`hasura_metadata`]: event triggers from a Hasura metadata export.
@@ -15,6 +16,7 @@
 
 pub mod definition;
 pub mod delivery;
+pub mod env_policy;
 pub mod env_template;
 pub mod error;
 pub mod hasura_metadata;

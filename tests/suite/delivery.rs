@@ -106,7 +106,7 @@ fn the_webhook_gets_the_exact_body_and_headers() {
     );
     assert_eq!(got.json()["event"], payload);
     assert_eq!(got.header("content-type"), Some("application/json"));
-    assert_eq!(got.header("user-agent"), Some("pg_webhooks/0.2.0"));
+    assert_eq!(got.header("user-agent"), Some("pg_webhooks/0.3.0"));
     assert_eq!(got.header("x-plain"), Some("plain value"));
     assert_eq!(got.header("x-secret"), Some("s3cr3t-value"));
     assert_eq!(got.header("webhook-id"), Some(id.as_str()));

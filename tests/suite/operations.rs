@@ -52,6 +52,7 @@ fn definitions_and_undelivered_events_survive_dump_and_restore() {
 
     let mut c = cluster.connect("restored");
     assert_eq!(one::<Value>(&mut c, "SELECT definition FROM webhooks.event_triggers"), definition);
+    assert_eq!(one::<String>(&mut c, "SELECT owner::text FROM webhooks.event_triggers"), "postgres", "owned by the extension's owner");
     c.batch_execute("INSERT INTO t VALUES (4, 'd@x', 'n'); UPDATE t SET note = 'ignored' WHERE id = 4;").unwrap();
     r.wait_for("/ok/restored", 3, WAIT);
     let events: i64 = one(&mut c, "SELECT count(*) FROM webhooks.event_log");
@@ -136,21 +137,33 @@ fn schema_fingerprint(c: &mut postgres::Client) -> Vec<String> {
     out
 }
 
-/// `ALTER EXTENSION pg_webhooks UPDATE` from the previous release
-/// (sql/archive holds its install script): definitions and pending events
-/// survive, capture and delivery work, and the result is the same schema as
-/// a fresh install of this version.
+/// `ALTER EXTENSION pg_webhooks UPDATE` from the previous release (0.2.0)
+/// and the one before (0.1.0, through 0.2.0); sql/archive holds their
+/// install scripts.
 #[test]
 fn alter_extension_update_from_the_previous_release() {
+    update_from("0.2.0");
+}
+
+#[test]
+fn alter_extension_update_from_the_first_release() {
+    update_from("0.1.0");
+}
+
+/// Installs release `from`, makes definitions and pending events, updates:
+/// they survive, capture and delivery work, the triggers belong to the
+/// extension's owner, and the result is the same schema as a fresh install
+/// of this version.
+fn update_from(from: &str) {
     let r = Receiver::start();
     let cluster = Cluster::start("webhooks.database = 'upgraded'\nwebhooks.poll_interval = '200ms'\n");
     let mut admin = cluster.connect("postgres");
     admin.batch_execute("CREATE DATABASE upgraded").unwrap();
     admin.batch_execute("CREATE DATABASE fresh").unwrap();
     let mut c = cluster.connect("upgraded");
-    c.batch_execute("CREATE EXTENSION pg_webhooks VERSION '0.1.0'").unwrap();
+    c.batch_execute(&format!("CREATE EXTENSION pg_webhooks VERSION '{from}'")).unwrap();
     let current: String = one(&mut c, "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_webhooks'");
-    assert_ne!(current, "0.1.0", "this build is a later version than the archived release");
+    assert_ne!(current, from, "this build is a later version than the archived release");
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, email text, note text)").unwrap();
     let args = json!({"name": "t_changed", "table": "t", "webhook": r.url("/ok/upgraded"),
                       "insert": {"columns": "*"}, "update": {"columns": ["email"]}});
@@ -176,6 +189,7 @@ fn alter_extension_update_from_the_previous_release() {
         .collect();
     assert!(undescribed.is_empty(), "every public function has a description after the update: {undescribed:?}");
     assert_eq!(one::<Value>(&mut c, "SELECT definition FROM webhooks.event_triggers"), definition);
+    assert_eq!(one::<String>(&mut c, "SELECT owner::text FROM webhooks.event_triggers"), "postgres", "owned by the extension's owner");
     let pending: i64 = one(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE NOT delivered");
     assert_eq!(pending, 3, "the events captured before and during the update are pending");
 
