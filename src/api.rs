@@ -22,6 +22,8 @@ use webhooks_core::query::{self, Request};
 use webhooks_core::{ApiError, SqlState};
 
 use crate::catalog::{self, Table};
+use crate::definitions::{self, Found, Lock};
+use crate::{event_log, payload};
 use crate::errors::{raise, spi, OrRaise};
 use crate::json_arg::JsonArg;
 use crate::settings;
@@ -79,10 +81,7 @@ fn set_paused(name: &str, paused: bool) {
     let owner = catalog::extension_owner();
     catalog::as_owner(owner, || {
         managed_trigger(name, caller, owner, Lock::ForUpdate);
-        spi(Spi::run_with_args(
-            "UPDATE webhooks.event_triggers SET paused = $2 WHERE name OPERATOR(pg_catalog.=) $1",
-            &[name.into(), paused.into()],
-        ));
+        definitions::set_paused(name, paused);
     });
     if !paused {
         crate::wake::note_event_written();
@@ -190,14 +189,10 @@ pub fn create(args: &Value) -> Value {
 
     catalog::as_owner(owner, || {
         let previous = if parsed.replace {
-            match lookup_trigger(&def.name, Lock::ForUpdate) {
+            match definitions::find(&def.name, Lock::ForUpdate) {
                 Some(found) => {
                     check_may_manage(&found, caller, owner);
-                    spi(Spi::run_with_args(
-                        "UPDATE webhooks.event_triggers SET definition = $2, updated_at = pg_catalog.now()
-                         WHERE name OPERATOR(pg_catalog.=) $1",
-                        &[def.name.as_str().into(), JsonB(stored.clone()).into()],
-                    ));
+                    definitions::replace(&def.name, &stored);
                     Some((found.schema, found.table))
                 }
                 None => {
@@ -229,79 +224,24 @@ pub fn create(args: &Value) -> Value {
 
 /// Stores a new definition owned by `caller`; an existing name is an error.
 fn insert_definition(name: &str, stored: &Value, caller: pg_sys::Oid, extension_owner: pg_sys::Oid) {
-    let inserted = if catalog::owner_column_exists() {
-        spi(Spi::get_one_with_args::<bool>(
-            "INSERT INTO webhooks.event_triggers (name, definition, owner) VALUES ($1, $2, $3::pg_catalog.regrole)
-             ON CONFLICT (name) DO NOTHING RETURNING true",
-            &[name.into(), JsonB(stored.clone()).into(), caller.into()],
-        ))
-    } else {
-        // The previous release's tables: the trigger will belong to the
-        // extension's owner, so only its members may create one.
-        if !catalog::may_manage(caller, extension_owner, extension_owner) {
-            raise(
-                ApiError::new(
-                    SqlState::ObjectNotInPrerequisiteState,
-                    "pg_webhooks was upgraded but ALTER EXTENSION pg_webhooks UPDATE has not run in this database",
-                )
-                .with_hint("Until it runs, only superusers and the extension's owner may create event triggers; ask one to run it."),
-            );
-        }
-        spi(Spi::get_one_with_args::<bool>(
-            "INSERT INTO webhooks.event_triggers (name, definition) VALUES ($1, $2)
-             ON CONFLICT (name) DO NOTHING RETURNING true",
-            &[name.into(), JsonB(stored.clone()).into()],
-        ))
-    };
-    if inserted.is_none() {
+    // The previous release's tables (before ALTER EXTENSION ... UPDATE) have
+    // no owner column: the trigger would belong to the extension's owner,
+    // so only its members may create one.
+    if !definitions::owner_column_exists() && !catalog::may_manage(caller, extension_owner, extension_owner) {
+        raise(
+            ApiError::new(
+                SqlState::ObjectNotInPrerequisiteState,
+                "pg_webhooks was upgraded but ALTER EXTENSION pg_webhooks UPDATE has not run in this database",
+            )
+            .with_hint("Until it runs, only superusers and the extension's owner may create event triggers; ask one to run it."),
+        );
+    }
+    if !definitions::insert(name, stored, caller) {
         raise(
             ApiError::new(SqlState::DuplicateObject, format!("event trigger \"{name}\" already exists"))
                 .with_hint("Pass \"replace\": true to replace its definition, or choose another name."),
         );
     }
-}
-
-/// An event trigger's row as the management functions need it.
-struct Found {
-    name: String,
-    schema: String,
-    table: String,
-    owner: pg_sys::Oid,
-    definition: JsonB,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Lock {
-    /// The row is changed or deleted: concurrent changes wait.
-    ForUpdate,
-    None,
-}
-
-fn lookup_trigger(name: &str, lock: Lock) -> Option<Found> {
-    // Before ALTER EXTENSION ... UPDATE there is no owner column: every
-    // trigger is the extension owner's.
-    let owner = if catalog::owner_column_exists() {
-        "owner::pg_catalog.oid"
-    } else {
-        "(SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_webhooks')"
-    };
-    let sql = format!(
-        "SELECT schema_name, table_name, {owner}, definition FROM webhooks.event_triggers
-         WHERE name OPERATOR(pg_catalog.=) $1{}",
-        if lock == Lock::ForUpdate { " FOR UPDATE" } else { "" }
-    );
-    let sql = sql.as_str();
-    Spi::connect(|c| {
-        let rows = spi(c.select(sql, Some(1), &[name.into()]).map(Some)).expect("select returns a table");
-        let row = rows.into_iter().next()?;
-        Some(Found {
-            name: name.to_string(),
-            schema: spi(row.get::<String>(1)).unwrap_or_default(),
-            table: spi(row.get::<String>(2)).unwrap_or_default(),
-            owner: spi(row.get::<pg_sys::Oid>(3)).unwrap_or(pg_sys::Oid::INVALID),
-            definition: spi(row.get::<JsonB>(4)).expect("definition is NOT NULL"),
-        })
-    })
 }
 
 fn check_may_manage(found: &Found, caller: pg_sys::Oid, extension_owner: pg_sys::Oid) {
@@ -326,7 +266,7 @@ fn check_may_manage(found: &Found, caller: pg_sys::Oid, extension_owner: pg_sys:
 /// exist, 42501 when it belongs to a role `caller` is not a member of. Runs
 /// with the owner's rights (it reads webhooks.event_triggers).
 fn managed_trigger(name: &str, caller: pg_sys::Oid, extension_owner: pg_sys::Oid, lock: Lock) -> Found {
-    let Some(found) = lookup_trigger(name, lock) else { raise(unknown_trigger(name)) };
+    let Some(found) = definitions::find(name, lock) else { raise(unknown_trigger(name)) };
     check_may_manage(&found, caller, extension_owner);
     found
 }
@@ -441,12 +381,7 @@ fn record_column_dependencies(tgoid: pg_sys::Oid, table: &Table, attnums: &[i16]
 fn _record_dependencies(name: &str) {
     let owner = catalog::extension_owner();
     catalog::as_owner(owner, || {
-        let Some(stored) = spi(Spi::get_one_with_args::<JsonB>(
-            "SELECT definition FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1",
-            &[name.into()],
-        )) else {
-            return;
-        };
+        let Some(stored) = definitions::definition(name) else { return };
         let def = Definition::from_stored(&stored.0).or_raise();
         let table = catalog::resolve_table(&def.table.schema, &def.table.name);
         let attnums = listed_attnums(&def, &table);
@@ -481,12 +416,8 @@ pub fn delete(name: &str) {
     let owner = catalog::extension_owner();
     catalog::as_owner(owner, || {
         let found = managed_trigger(name, caller, owner, Lock::ForUpdate);
-        spi(Spi::run_with_args("DELETE FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1", &[name.into()]));
-        spi(Spi::run_with_args(
-            "UPDATE webhooks.event_log SET archived = true
-             WHERE trigger_name OPERATOR(pg_catalog.=) $1 AND NOT delivered AND NOT error AND NOT archived",
-            &[name.into()],
-        ));
+        definitions::delete(name);
+        event_log::archive_pending(name);
         drop_table_trigger(name, &found.schema, &found.table);
     });
 }
@@ -495,12 +426,7 @@ pub fn redeliver(event_id: pgrx::Uuid) {
     let caller = catalog::current_user();
     let owner = catalog::extension_owner();
     catalog::as_owner(owner, || {
-        let (locked, trigger, archived) = spi(Spi::get_three_with_args::<bool, String, bool>(
-            "SELECT locked IS NOT NULL, trigger_name, archived FROM webhooks.event_log
-             WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-            &[event_id.into()],
-        ));
-        let (Some(locked), Some(trigger), Some(archived)) = (locked, trigger, archived) else {
+        let Some(event_log::Stored { trigger, locked, archived }) = event_log::lock_event(event_id) else {
             raise(
                 ApiError::new(SqlState::NoDataFound, format!("event {event_id} does not exist"))
                     .with_hint("Event ids are in webhooks.event_log.id; cleaned-up events cannot be redelivered."),
@@ -523,17 +449,11 @@ pub fn redeliver(event_id: pgrx::Uuid) {
                 .with_hint("Archived events belong to a deleted trigger; invoke the current trigger with the payload instead."),
             );
         }
-        let Some(found) = lookup_trigger(&trigger, Lock::None) else {
+        let Some(found) = definitions::find(&trigger, Lock::None) else {
             raise(unknown_trigger(&trigger).with_hint("The event's trigger was deleted; its events cannot be sent."))
         };
         check_may_manage(&found, caller, owner);
-        spi(Spi::run_with_args(
-            "UPDATE webhooks.event_log
-             SET tries = 0, delivered = false, error = false, archived = false, locked = NULL,
-                 next_retry_at = pg_catalog.now()
-             WHERE id OPERATOR(pg_catalog.=) $1",
-            &[event_id.into()],
-        ));
+        event_log::requeue(event_id);
     });
     crate::wake::note_event_written();
 }
@@ -541,7 +461,7 @@ pub fn redeliver(event_id: pgrx::Uuid) {
 pub fn invoke(name: &str, payload: &Value) -> pgrx::Uuid {
     let caller = catalog::current_user();
     let owner = catalog::extension_owner();
-    let id = crate::capture::new_event_id();
+    let id = event_log::new_event_id();
     catalog::as_owner(owner, || {
         let found = managed_trigger(name, caller, owner, Lock::None);
         let def = Definition::from_stored(&found.definition.0).or_raise();
@@ -554,24 +474,10 @@ pub fn invoke(name: &str, payload: &Value) -> pgrx::Uuid {
                 .with_hint("Replace the definition with \"enable_manual\": true to allow it."),
             );
         }
-        let text = |name: &std::ffi::CStr| crate::capture::setting(name).map(|v| v.to_string_lossy().into_owned());
-        spi(Spi::run_with_args(
-            "INSERT INTO webhooks.event_log (id, trigger_name, schema_name, table_name, payload)
-             VALUES ($1, $2, $3, $4, pg_catalog.jsonb_build_object(
-                 'op', 'MANUAL'::pg_catalog.text,
-                 'data', pg_catalog.jsonb_build_object('old', NULL::pg_catalog.jsonb, 'new', $5::pg_catalog.jsonb),
-                 'session_variables', $6::pg_catalog.jsonb,
-                 'trace_context', $7::pg_catalog.jsonb))",
-            &[
-                id.into(),
-                name.into(),
-                def.table.schema.as_str().into(),
-                def.table.name.as_str().into(),
-                JsonB(payload.clone()).into(),
-                text(c"hasura.user").into(),
-                text(c"hasura.tracecontext").into(),
-            ],
-        ));
+        // SAFETY: the payload is built in the current memory context from a
+        // jsonb datum that lives as long.
+        let event = unsafe { payload::build_manual(JsonB(payload.clone()).into_datum().expect("jsonb is never NULL")) };
+        event_log::append_named(id, name, &def.table.schema, &def.table.name, event);
     });
     crate::wake::note_event_written();
     id

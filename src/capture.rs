@@ -7,8 +7,9 @@
 //! definition and resolves its columns against the firing relation (a
 //! partition may number them differently from its parent). Per row, the
 //! trigger only compares the watched columns (for UPDATE), builds the
-//! payload in one pass ([`payload`]) and appends the event ([`append`]); no
-//! SQL runs.
+//! payload in one pass ([`payload`]) and appends the event
+//! ([`event_log::append`]); no SQL statement runs (types without a direct
+//! conversion go through `to_jsonb`, called as a function).
 //!
 //! Compiled entries are keyed by the trigger's OID and dropped when the
 //! relation's relcache entry is invalidated: `create_event_trigger` with
@@ -24,6 +25,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::ffi::{CStr, CString};
 
+
 use pgrx::prelude::*;
 use pgrx::trigger_support::{
     trigger_fired_after, trigger_fired_by_delete, trigger_fired_by_insert, trigger_fired_by_truncate, trigger_fired_for_row,
@@ -31,9 +33,8 @@ use pgrx::trigger_support::{
 use pgrx::PgTupleDesc;
 use webhooks_core::definition::{Columns, Definition, OpSpec};
 
-use crate::errors::spi;
 use crate::payload::{self, Row, RowShape};
-use crate::{append, catalog};
+use crate::{catalog, definitions, event_log};
 
 /// One compiled trigger, valid until its relation is invalidated.
 struct Compiled {
@@ -51,6 +52,7 @@ struct Compiled {
 
 impl Drop for Compiled {
     fn drop(&mut self) {
+        // SAFETY: the context was created for this entry and is deleted once.
         unsafe { pg_sys::MemoryContextDelete(self.cxt) };
     }
 }
@@ -76,12 +78,16 @@ thread_local! {
 
 /// Registers the relcache callback; called from `_PG_init`.
 pub fn init() {
+    // SAFETY: registers a callback for the life of the backend, in _PG_init.
     unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0)) };
 }
 
 /// Only records what went stale: it may run in the middle of anything,
 /// including a compile, so it touches nothing else.
 #[pg_guard]
+///
+/// # Safety
+/// Called by PostgreSQL only, on the backend's main thread.
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     if relid == pg_sys::Oid::INVALID {
         STALE_ALL.with(|s| s.set(true));
@@ -96,7 +102,7 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
     }
 }
 
-/// Drops compiled entries of invalidated relations, freeing their plans.
+/// Drops compiled entries of invalidated relations, with their memory.
 fn sweep_stale() {
     let all = STALE_ALL.with(|a| a.replace(false));
     let rels = STALE.with(|s| s.borrow_mut().take());
@@ -124,12 +130,18 @@ mod webhooks {
     fn capture<'a>(
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+        // SAFETY: PostgreSQL's trigger data for this call.
         unsafe { super::capture_row(trigger.trigger_data()) };
         Ok(None)
     }
 }
 
+///
+/// # Safety
+/// `td` must be the trigger data PostgreSQL passed to this trigger call.
 unsafe fn capture_row(td: &pg_sys::TriggerData) {
+    // SAFETY: `td` and the relation, tuples and trigger it points to are valid for the call, as PostgreSQL passes them.
+    unsafe {
     let event = td.tg_event;
     if !trigger_fired_for_row(event) || !trigger_fired_after(event) || trigger_fired_by_truncate(event) {
         error!("webhooks.capture() must be fired AFTER INSERT, UPDATE or DELETE FOR EACH ROW");
@@ -162,8 +174,8 @@ unsafe fn capture_row(td: &pg_sys::TriggerData) {
         let Some(shape) = shape else { return };
         let deform = |tuple: pg_sys::HeapTuple| (!tuple.is_null()).then(|| Row::deform(tuple, tupdesc));
         let payload = payload::build(op, deform(old).as_ref(), deform(new).as_ref(), shape);
-        append::write(&append::Event {
-            id: new_event_id(),
+        event_log::append(&event_log::Event {
+            id: event_log::new_event_id(),
             trigger_name: e.names[0],
             schema_name: e.names[1],
             table_name: e.names[2],
@@ -171,26 +183,16 @@ unsafe fn capture_row(td: &pg_sys::TriggerData) {
         });
         crate::wake::note_event_written();
     }
-}
-
-/// A time-ordered (v7) uuid: new events append to the primary key index.
-pub fn new_event_id() -> pgrx::Uuid {
-    pgrx::Uuid::from_bytes(webhooks_core::ids::next_v7())
-}
-
-/// The value of a setting such as `hasura.user`, or None when unset or empty.
-pub fn setting(name: &CStr) -> Option<&'static CStr> {
-    unsafe {
-        let v = pg_sys::GetConfigOption(name.as_ptr(), true, false);
-        if v.is_null() || *v == 0 {
-            return None;
-        }
-        Some(CStr::from_ptr(v))
     }
 }
 
 impl Watched {
+///
+/// # Safety
+/// `old` and `new` must be tuples of `tupdesc`.
     unsafe fn changed(&self, old: pg_sys::HeapTuple, new: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> bool {
+    // SAFETY: heap_getattr reads attributes of tuples of this descriptor; the equality function takes two values of the column's type.
+    unsafe {
         let mut old_null = false;
         let mut new_null = false;
         let a = pgrx::pg_sys::heap_getattr(old, self.attnum as _, tupdesc, &mut old_null);
@@ -207,12 +209,18 @@ impl Watched {
                 }
             }
         }
-    }
+        }
+}
 }
 
 /// Binary equality for types without an equality operator (json, point...):
 /// the same bytes after detoasting.
+///
+/// # Safety
+/// `a` and `b` must be non-null values of one type with this length and passing convention.
 unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, typlen: i16, typbyval: bool) -> bool {
+    // SAFETY: values of the given length and convention are read within their bounds (varlenas after detoasting).
+    unsafe {
     if typbyval {
         return a == b;
     }
@@ -230,22 +238,23 @@ unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, typlen: i16, typbyval: 
             std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), n) == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), n)
         }
     }
+    }
 }
 
 /// Reads the definition and resolves it against this relation.
+///
+/// # Safety
+/// `trigger` and `rel` must be the firing trigger and relation.
 unsafe fn compile(trigger: &pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled {
+    // SAFETY: the trigger's arguments and the relation's descriptor are valid for the call; the memory context created here is owned by the result.
+    unsafe {
     if trigger.tgnargs != 1 {
         error!("webhooks.capture() takes the event trigger's name as its one argument");
     }
     let name = CStr::from_ptr(*trigger.tgargs).to_string_lossy().into_owned();
     let owner = catalog::extension_owner();
     let relid = (*rel).rd_id;
-    let stored = catalog::as_owner(owner, || {
-        spi(Spi::get_one_with_args::<pgrx::JsonB>(
-            "SELECT definition FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1",
-            &[name.as_str().into()],
-        ))
-    });
+    let stored = catalog::as_owner(owner, || definitions::definition(&name));
     let Some(stored) = stored else {
         // The definition is gone but its table trigger is not (someone
         // edited webhooks.event_triggers by hand). Capture nothing.
@@ -314,11 +323,17 @@ unsafe fn compile(trigger: &pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled 
     }
     pg_sys::MemoryContextSwitchTo(saved);
     compiled
+    }
 }
 
 impl Compiled {
     /// A trigger that captures nothing, with its own memory context.
+///
+/// # Safety
+/// Must be called in a backend, on its main thread.
     unsafe fn empty(relid: pg_sys::Oid) -> Compiled {
+    // SAFETY: creates a child of CacheMemoryContext, freed by Drop.
+    unsafe {
         let cxt = pg_sys::AllocSetContextCreateInternal(
             pg_sys::CacheMemoryContext,
             c"pg_webhooks capture".as_ptr(),
@@ -335,11 +350,18 @@ impl Compiled {
             names: [pg_sys::Datum::from(0); 3],
             cxt,
         }
-    }
+        }
+}
 }
 
+///
+/// # Safety
+/// `rel` must be an open relation.
 unsafe fn relation_name(rel: pg_sys::Relation) -> String {
+    // SAFETY: reads the open relation's pg_class row copy.
+    unsafe {
     let nsp = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
     let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr());
     pgrx::spi::quote_qualified_identifier(CStr::from_ptr(nsp).to_string_lossy(), name.to_string_lossy())
+    }
 }

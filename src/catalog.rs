@@ -45,7 +45,7 @@ pub fn resolve_table(schema: &str, name: &str) -> Table {
         pg_sys::RangeVarGetRelidExtended(
             rv,
             pg_sys::ShareRowExclusiveLock as pg_sys::LOCKMODE,
-            pg_sys::RVROption::RVR_MISSING_OK as u32,
+            pg_sys::RVROption::RVR_MISSING_OK,
             None,
             std::ptr::null_mut(),
         )
@@ -157,20 +157,20 @@ pub fn extension_owner() -> pg_sys::Oid {
     owner.unwrap_or_else(|| error!("pg_webhooks: the extension is not installed in this database"))
 }
 
-/// Whether `webhooks.event_triggers` has its `owner` column (0.3.0). The
-/// library is installed before `ALTER EXTENSION pg_webhooks UPDATE` runs in
-/// each database, and must work with the previous release's tables until
-/// then: there, every trigger counts as the extension owner's.
-pub fn owner_column_exists() -> bool {
-    // SAFETY: syscache lookups by name; each returns InvalidOid (or
-    // InvalidAttrNumber) when the object is missing.
+/// Whether the extension is installed in the worker's database. When it
+/// is, the transaction also holds a lock on it, so that a concurrent DROP
+/// EXTENSION waits for the round to finish instead of pulling the tables
+/// from under it.
+pub fn extension_installed() -> bool {
+    // SAFETY: catalog lookups by name and a lock on the extension's oid.
     unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"webhooks".as_ptr(), true);
-        if nsp == pg_sys::Oid::INVALID {
+        let oid = pg_sys::get_extension_oid(c"pg_webhooks".as_ptr(), true);
+        if oid == pg_sys::Oid::INVALID {
             return false;
         }
-        let rel = pg_sys::get_relname_relid(c"event_triggers".as_ptr(), nsp);
-        rel != pg_sys::Oid::INVALID && pg_sys::get_attnum(rel, c"owner".as_ptr()) != pg_sys::InvalidAttrNumber as i16
+        pg_sys::LockDatabaseObject(pg_sys::ExtensionRelationId, oid, 0, pg_sys::AccessShareLock as i32);
+        // Dropped while we waited for the lock?
+        pg_sys::get_extension_oid(c"pg_webhooks".as_ptr(), true) == oid
     }
 }
 

@@ -29,6 +29,8 @@ impl JsonArg {
 
 impl FromDatum for JsonArg {
     unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<JsonArg> {
+    // SAFETY: the datum is a jsonb argument as PostgreSQL passes it.
+    unsafe {
         if is_null {
             return None;
         }
@@ -41,9 +43,11 @@ impl FromDatum for JsonArg {
         };
         pg_sys::pfree(text.as_ptr() as *mut std::ffi::c_void);
         Some(JsonArg(parsed))
-    }
+        }
+}
 }
 
+// SAFETY: the SQL type is jsonb, which the argument is.
 unsafe impl SqlTranslatable for JsonArg {
     const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(JsonArg);
     const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
@@ -52,13 +56,16 @@ unsafe impl SqlTranslatable for JsonArg {
     const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
 }
 
+// SAFETY: arguments are unboxed through FromDatum, as for pgrx's own types.
 unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonArg {
     unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
+        // SAFETY: pgrx passes an argument of this call.
         unsafe { arg.unbox_arg_using_from_datum().unwrap_or_else(|| panic!("argument {index} must not be null")) }
-    }
+}
 
     unsafe fn unbox_nullable_arg(arg: pgrx::callconv::Arg<'_, 'fcx>) -> pgrx::nullable::Nullable<Self> {
+        // SAFETY: pgrx passes an argument of this call.
         unsafe { arg.unbox_arg_using_from_datum().into() }
-    }
+}
 }

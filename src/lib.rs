@@ -22,19 +22,22 @@
 //!   descriptions (`finalize.sql`), the upgrade scripts between releases
 //!   (`pg_webhooks--A--B.sql`) and the released install scripts (`archive/`).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use pgrx::prelude::*;
 
 mod api;
-mod append;
 mod capture;
 mod catalog;
+mod definitions;
 mod errors;
+mod event_log;
 mod json_arg;
 mod payload;
 mod settings;
 mod shmem;
 mod status;
-mod store;
 mod wake;
 mod worker;
 
@@ -47,7 +50,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// Set in `_PG_init` when the library was loaded by
 /// `shared_preload_libraries`, the only way the worker can run.
-static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub(crate) static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
@@ -61,7 +64,7 @@ pub extern "C-unwind" fn _PG_init() {
         worker::register();
     }
     capture::init();
-    append::init();
+    event_log::init();
 }
 
 /// pgrx appends a Rust backtrace to the DETAIL of errors that pass through

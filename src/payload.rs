@@ -48,7 +48,12 @@ pub struct RowShape {
 impl RowShape {
     /// The shape of a row of `tupdesc`: every live column, or only `only`
     /// (names that exist: the caller has checked them).
+///
+/// # Safety
+/// `tupdesc` must be a valid descriptor and `cxt` a memory context that outlives the shape.
     pub unsafe fn new(tupdesc: pg_sys::TupleDesc, only: Option<&[String]>, cxt: pg_sys::MemoryContext) -> RowShape {
+    // SAFETY: the descriptor's attributes are read within natts; allocations go to `cxt`.
+    unsafe {
         let natts = (*tupdesc).natts as usize;
         let attrs = (*tupdesc).attrs.as_slice(natts);
         let name_of = |a: &pg_sys::FormData_pg_attribute| CStr::from_ptr(a.attname.data.as_ptr()).to_owned();
@@ -78,11 +83,17 @@ impl RowShape {
         let mut columns = columns;
         columns.sort_by(|a, b| key_order(&a.key, &b.key));
         RowShape { columns }
-    }
+        }
+}
 }
 
 /// `to_jsonb` prepared for an argument of type `typid`, allocated in `cxt`.
+///
+/// # Safety
+/// `cxt` must outlive the returned function info.
 unsafe fn to_jsonb_for(typid: pg_sys::Oid, cxt: pg_sys::MemoryContext) -> *mut pg_sys::FmgrInfo {
+    // SAFETY: fmgr_info_cxt and the expression node are allocated in `cxt`.
+    unsafe {
     let saved = pg_sys::MemoryContextSwitchTo(cxt);
     let finfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()) as *mut pg_sys::FmgrInfo;
     pg_sys::fmgr_info_cxt(pg_sys::Oid::from(pg_sys::F_TO_JSONB), finfo, cxt);
@@ -100,6 +111,7 @@ unsafe fn to_jsonb_for(typid: pg_sys::Oid, cxt: pg_sys::MemoryContext) -> *mut p
     (*finfo).fn_expr = call.cast();
     pg_sys::MemoryContextSwitchTo(saved);
     finfo
+    }
 }
 
 /// A row, deformed.
@@ -109,12 +121,18 @@ pub struct Row {
 }
 
 impl Row {
+///
+/// # Safety
+/// `tuple` must be a tuple of `tupdesc`.
     pub unsafe fn deform(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> Row {
+    // SAFETY: the arrays have natts entries, as heap_deform_tuple writes.
+    unsafe {
         let natts = (*tupdesc).natts as usize;
         let mut row = Row { values: vec![pg_sys::Datum::from(0); natts], nulls: vec![true; natts] };
         pg_sys::heap_deform_tuple(tuple, tupdesc, row.values.as_mut_ptr(), row.nulls.as_mut_ptr());
         row
-    }
+        }
+}
 }
 
 /// Builds the payload of one event (`old` or `new` is None where the
@@ -123,7 +141,12 @@ impl Row {
 /// The payload is assembled as a tree of `JsonbValue`s whose object keys
 /// are already in jsonb's order (shorter keys first, then bytewise), and
 /// serialized once: no key sorting and no intermediate documents.
+///
+/// # Safety
+/// `old` and `new` must be rows of the relation `shape` was made for.
 pub unsafe fn build(op: &CStr, old: Option<&Row>, new: Option<&Row>, shape: &RowShape) -> pg_sys::Datum {
+    // SAFETY: every value is read through the shape's column indexes and types; the tree is allocated in the current memory context and serialized before it ends.
+    unsafe {
     let data = object(&mut [(c"new", row(new, shape)), (c"old", row(old, shape))]);
     let mut payload = object(&mut [
         (c"op", string(op)),
@@ -132,10 +155,38 @@ pub unsafe fn build(op: &CStr, old: Option<&Row>, new: Option<&Row>, shape: &Row
         (c"session_variables", setting(c"hasura.user")),
     ]);
     pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(&mut payload))
+    }
+}
+
+/// The payload of a MANUAL event (`invoke_event_trigger`): `data.new` is
+/// the given jsonb, `data.old` null, and the session variables and trace
+/// context come from the settings, as for captured events.
+///
+/// # Safety
+/// `new` must be a jsonb datum valid for the rest of the call.
+pub unsafe fn build_manual(new: pg_sys::Datum) -> pg_sys::Datum {
+    // SAFETY: the caller passes a jsonb datum; everything is allocated in
+    // the current memory context.
+    unsafe {
+        let new = document(pg_sys::pg_detoast_datum(new.cast_mut_ptr()).cast());
+        let data = object(&mut [(c"new", new), (c"old", null())]);
+        let mut payload = object(&mut [
+            (c"op", string(c"MANUAL")),
+            (c"data", data),
+            (c"trace_context", setting(c"hasura.tracecontext")),
+            (c"session_variables", setting(c"hasura.user")),
+        ]);
+        pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(&mut payload))
+    }
 }
 
 /// An object of `pairs`, which must be in jsonb key order.
+///
+/// # Safety
+/// The pairs' values must be valid JsonbValues for the current memory context.
 unsafe fn object(pairs: &mut [(&CStr, pg_sys::JsonbValue)]) -> pg_sys::JsonbValue {
+    // SAFETY: the array has room for every pair.
+    unsafe {
     debug_assert!(pairs.windows(2).all(|w| key_order(w[0].0, w[1].0) == std::cmp::Ordering::Less));
     let array = pg_sys::palloc(std::mem::size_of::<pg_sys::JsonbPair>() * pairs.len().max(1)) as *mut pg_sys::JsonbPair;
     for (i, (k, v)) in pairs.iter().enumerate() {
@@ -146,6 +197,7 @@ unsafe fn object(pairs: &mut [(&CStr, pg_sys::JsonbValue)]) -> pg_sys::JsonbValu
     v.val.object.nPairs = pairs.len() as i32;
     v.val.object.pairs = array;
     v
+    }
 }
 
 /// jsonb's order of object keys: shorter first, then bytewise.
@@ -155,13 +207,19 @@ fn key_order(a: &CStr, b: &CStr) -> std::cmp::Ordering {
 }
 
 fn null() -> pg_sys::JsonbValue {
+    // SAFETY: JsonbValue is plain data: all zeroes is a valid value, made a null below.
     let mut v: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
     v.type_ = pg_sys::jbvType::jbvNull;
     v
 }
 
 /// A jsonb document as a value of the tree.
+///
+/// # Safety
+/// `jb` must point to a detoasted jsonb.
 unsafe fn document(jb: *mut pg_sys::Jsonb) -> pg_sys::JsonbValue {
+    // SAFETY: iterates the document PostgreSQL's way.
+    unsafe {
     let mut v: pg_sys::JsonbValue = std::mem::zeroed();
     if pg_sys::JsonbExtractScalar(&mut (*jb).root, &mut v) {
         return v;
@@ -179,9 +237,15 @@ unsafe fn document(jb: *mut pg_sys::Jsonb) -> pg_sys::JsonbValue {
         top = pg_sys::pushJsonbValue(&mut state, token, if scalar { &mut v } else { std::ptr::null_mut() });
     }
     *top
+    }
 }
 
+///
+/// # Safety
+/// `row` must be a row of the relation `shape` was made for.
 unsafe fn row(row: Option<&Row>, shape: &RowShape) -> pg_sys::JsonbValue {
+    // SAFETY: the shape's indexes are within the row.
+    unsafe {
     let Some(row) = row else { return null() };
     let mut pairs: Vec<(&CStr, pg_sys::JsonbValue)> = Vec::with_capacity(shape.columns.len());
     for col in &shape.columns {
@@ -189,9 +253,15 @@ unsafe fn row(row: Option<&Row>, shape: &RowShape) -> pg_sys::JsonbValue {
         pairs.push((&col.key, value));
     }
     object(&mut pairs)
+    }
 }
 
+///
+/// # Safety
+/// `d` must be a non-null value of the column's type.
 unsafe fn column(col: &Column, d: pg_sys::Datum) -> pg_sys::JsonbValue {
+    // SAFETY: each conversion reads a value of the type it is for.
+    unsafe {
     let mut v: pg_sys::JsonbValue = std::mem::zeroed();
     match col.kind {
         Kind::Int2 => number(&mut v, d.value() as i16 as i64),
@@ -225,27 +295,41 @@ unsafe fn column(col: &Column, d: pg_sys::Datum) -> pg_sys::JsonbValue {
         Kind::ToJsonb(finfo) => return document(pg_sys::FunctionCall1Coll(finfo, pg_sys::InvalidOid, d).cast_mut_ptr()),
     }
     v
+    }
 }
 
 /// A JSON setting such as `hasura.user`, or null when unset or empty.
+///
+/// # Safety
+/// Must be called in a backend.
 unsafe fn setting(name: &CStr) -> pg_sys::JsonbValue {
-    match crate::capture::setting(name) {
+    // SAFETY: jsonb_in parses the setting's text (raising an ERROR for bad JSON, as a cast would).
+    unsafe {
+    match crate::settings::text_setting(name) {
         None => null(),
         Some(text) => {
             let jb = pg_sys::OidInputFunctionCall(pg_sys::Oid::from(pg_sys::F_JSONB_IN), text.as_ptr().cast_mut(), pg_sys::JSONBOID, -1);
             document(pg_sys::pg_detoast_datum(jb.cast_mut_ptr()).cast())
         }
     }
+    }
 }
 
 /// A jsonb number, as `to_jsonb` makes of an integer.
+///
+/// # Safety
+/// Must be called in a backend.
 unsafe fn number(v: &mut pg_sys::JsonbValue, n: i64) {
+    // SAFETY: int64_to_numeric allocates in the current memory context.
+    unsafe {
     v.type_ = pg_sys::jbvType::jbvNumeric;
     v.val.numeric = pg_sys::int64_to_numeric(n);
+    }
 }
 
 /// A jsonb string value pointing at `s` (which must outlive the build).
 fn string(s: &CStr) -> pg_sys::JsonbValue {
+    // SAFETY: JsonbValue is plain data: all zeroes is a valid value, made a string below.
     let mut v: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
     v.type_ = pg_sys::jbvType::jbvString;
     v.val.string.val = s.as_ptr().cast_mut();

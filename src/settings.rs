@@ -172,3 +172,18 @@ pub fn max_concurrent_per_trigger() -> usize {
         n => (n as usize).min(max_concurrent()),
     }
 }
+
+/// The value of any setting (such as `hasura.user`), or None when unset or
+/// empty. The string belongs to PostgreSQL's GUC machinery: valid until the
+/// setting changes, so use it at once.
+pub fn text_setting(name: &std::ffi::CStr) -> Option<&'static std::ffi::CStr> {
+    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown
+    // setting, else a NUL-terminated string it owns.
+    unsafe {
+        let v = pg_sys::GetConfigOption(name.as_ptr(), true, false);
+        if v.is_null() || *v == 0 {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr(v))
+    }
+}

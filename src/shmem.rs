@@ -8,8 +8,10 @@
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
 
 #[repr(C)]
+#[derive(Default)]
 pub struct WorkerShared {
     /// The worker's latch while it runs, else null.
     latch: AtomicPtr<pg_sys::Latch>,
@@ -26,69 +28,38 @@ pub struct WorkerShared {
     database: AtomicU32,
 }
 
-static mut SHARED: *mut WorkerShared = std::ptr::null_mut();
-static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
-static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
+// SAFETY: only atomics, and the latch pointer points into shared memory
+// (a PGPROC's latch), mapped at the same address in every process.
+unsafe impl PGRXSharedMemory for WorkerShared {}
+
+// SAFETY: the only shared memory segment of this name.
+static SHARED: PgAtomic<WorkerShared> = unsafe { PgAtomic::new(c"pg_webhooks") };
 
 /// Asks for the shared memory; called from `_PG_init` while preloading.
 pub fn init() {
-    unsafe {
-        PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(shmem_request);
-        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(shmem_startup);
-    }
+    pg_shmem_init!(SHARED);
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_request() {
-    if let Some(prev) = PREV_SHMEM_REQUEST {
-        prev();
-    }
-    pg_sys::RequestAddinShmemSpace(std::mem::size_of::<WorkerShared>());
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_startup() {
-    if let Some(prev) = PREV_SHMEM_STARTUP {
-        prev();
-    }
-    let lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
-    pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-    let mut found = false;
-    let ptr = pg_sys::ShmemInitStruct(c"pg_webhooks".as_ptr(), std::mem::size_of::<WorkerShared>(), &mut found)
-        .cast::<WorkerShared>();
-    if !found {
-        ptr.write(WorkerShared {
-            latch: AtomicPtr::new(std::ptr::null_mut()),
-            pid: AtomicI32::new(0),
-            started_at: AtomicI64::new(0),
-            last_wakeup: AtomicI64::new(0),
-            in_flight: AtomicI64::new(0),
-            delivered: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            wake_requests: AtomicU64::new(0),
-            database: AtomicU32::new(0),
-        });
-    }
-    SHARED = ptr;
-    pg_sys::LWLockRelease(lock);
-}
-
+/// The shared state, when the library was preloaded (otherwise there is
+/// none, and nobody to wake).
 pub fn shared() -> Option<&'static WorkerShared> {
-    unsafe { SHARED.as_ref() }
+    crate::PRELOADED.load(Ordering::Relaxed).then(|| SHARED.get())
 }
 
 /// Wakes the delivery worker. Safe at commit: an atomic load and store and a
 /// SetLatch, none of which can fail.
 pub fn wake_worker() {
     if let Some(s) = shared() {
+        // SAFETY: reads a backend global.
         if s.database.load(Ordering::Relaxed) != unsafe { pg_sys::MyDatabaseId }.to_u32() {
             return;
         }
         s.wake_requests.fetch_add(1, Ordering::Release);
         let latch = s.latch.load(Ordering::Acquire);
         if !latch.is_null() {
+            // SAFETY: the worker's latch lives in shared memory for as long
+            // as the server; SetLatch on a latch whose owner exited is a
+            // harmless no-op.
             unsafe { pg_sys::SetLatch(latch) };
         }
     }
@@ -97,6 +68,7 @@ pub fn wake_worker() {
 impl WorkerShared {
     /// Called by the worker when it starts serving.
     pub fn register_worker(&self) {
+        // SAFETY: the calling process's own globals and the clock.
         unsafe {
             self.latch.store(pg_sys::MyLatch, Ordering::Release);
             self.pid.store(pg_sys::MyProcPid, Ordering::Relaxed);

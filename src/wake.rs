@@ -18,6 +18,7 @@ pub fn note_event_written() {
         return;
     }
     if !REGISTERED.with(|r| r.replace(true)) {
+        // SAFETY: registers a callback for the life of the backend.
         unsafe { pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut()) };
     }
 }

@@ -17,15 +17,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
-use webhooks_core::definition::{Definition, HeaderValue, RetryConf, Webhook};
-use webhooks_core::delivery::{webhook_body, Attempt, Client, Outcome, Pool};
+use webhooks_core::body::WebhookBody;
+use webhooks_core::definition::{Definition, RetryConf};
 use webhooks_core::env_policy::EnvPolicy;
-use webhooks_core::env_template;
-use webhooks_core::ApiError;
+use webhooks_core::http::{Attempt, Client, Outcome};
+use webhooks_core::pool::Pool;
+use webhooks_core::request;
 use webhooks_core::retry::{self, Verdict};
 
 use crate::shmem::{self, WorkerShared};
-use crate::{settings, store};
+use crate::{catalog, definitions, event_log, settings};
 
 /// Registers the worker; called from `_PG_init` while preloading.
 pub fn register() {
@@ -54,7 +55,29 @@ pub extern "C-unwind" fn pg_webhooks_worker_main(_arg: pg_sys::Datum) {
     // Exit code 1: the postmaster starts the worker again after the restart
     // interval, unless the server is shutting down. So pg_terminate_backend()
     // restarts the worker rather than stopping delivery for good.
+    // SAFETY: ends the process, as a background worker does.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// One event trigger as the worker serves it: its definition, and where its
+/// claims stand. Rate limits, breakers and ordering hang here.
+struct Lane {
+    /// The row version of the definition (its `xmin`): a change means the
+    /// definition is read again.
+    version: String,
+    def: Definition,
+    /// The environment variables its webhook and headers may use: all of
+    /// them when its owner is a superuser, else `webhooks.allowed_env_vars`
+    /// (checked again every round, as roles and the setting change).
+    env_policy: EnvPolicy,
+    /// A claim may find more due events: set by wake-ups, cleared by a
+    /// claim that came back short.
+    maybe_more: bool,
+    /// Where the last full claim stopped, and since when the cursor is in
+    /// use. Events that commit late with an earlier due time sit behind it,
+    /// so it is dropped when a claim comes back short and after
+    /// CURSOR_LIFETIME.
+    cursor: Option<(event_log::Cursor, Instant)>,
 }
 
 /// A claimed event, keyed by its tag, from its claim until its result is
@@ -71,7 +94,6 @@ struct InFlight {
     secrets: Vec<String>,
 }
 
-
 /// Outcomes are recorded when this many have piled up ...
 fn flush_at() -> usize {
     (settings::BATCH_SIZE.get().max(2) / 2) as usize
@@ -79,56 +101,41 @@ fn flush_at() -> usize {
 /// ... or when the oldest has waited this long.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
 
+const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
+/// How often the worker applies `webhooks.retention`.
+const RETENTION_EVERY: Duration = Duration::from_secs(10);
+
 struct Worker {
     shared: &'static WorkerShared,
     pool: Pool,
     wake_fd: RawFd,
+    /// Every trigger that is not paused, by name.
+    lanes: HashMap<String, Lane>,
     in_flight: HashMap<u64, InFlight>,
-    /// Per trigger: a claim may find more. Set by wake-ups, cleared by a
-    /// claim that came back short.
-    maybe_more: HashMap<String, bool>,
+    next_tag: u64,
     /// Outcomes not yet recorded, and when the oldest arrived.
-    pending: Vec<Outcome>,
-    oldest_pending: Option<Instant>,
+    outcomes: Vec<Outcome>,
+    oldest_outcome: Option<Instant>,
     /// When the next retry falls due, if no claim is pending anyway.
     next_due: Option<Instant>,
-    definitions: HashMap<String, Cached>,
-    next_tag: u64,
     /// The extension is installed and stale locks were released.
     ready: bool,
     /// `wake_requests` as last seen: a change means new work may be due.
     seen_wakes: u64,
-    /// Per trigger, where the last claim stopped, and since when the cursor
-    /// is in use. Events that commit late with an earlier due time sit
-    /// behind it, so it is dropped when a claim comes back short and after
-    /// CURSOR_LIFETIME.
-    cursors: HashMap<String, (store::Cursor, Instant)>,
     /// When `webhooks.retention` was last applied.
     last_cleanup: Option<Instant>,
-    /// Attempts prepared in the current round, per trigger: they go to the
+    /// Attempts claimed in the current round, per trigger: they go to the
     /// pool once the round's transaction (which claimed them) has committed.
-    ready_to_send: Vec<(String, Vec<Attempt>)>,
+    to_send: Vec<(String, Vec<Attempt>)>,
 }
-
-/// A trigger's definition as last read, with the version of its row.
-struct Cached {
-    version: String,
-    def: Definition,
-    /// The environment variables its webhook and headers may use: all of
-    /// them when its owner is a superuser, else `webhooks.allowed_env_vars`
-    /// (checked again every round, as roles and the setting change).
-    env_policy: EnvPolicy,
-}
-
-const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
-/// How often the worker applies `webhooks.retention`.
-const RETENTION_EVERY: Duration = Duration::from_secs(10);
 
 impl Worker {
     fn new(shared: &'static WorkerShared) -> Worker {
         let (read_fd, write_fd) = wake_pipe();
         let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            // A full pipe already wakes the main thread; losing this byte is fine.
+            // SAFETY: a write to a pipe this process owns for its lifetime.
+            // A full pipe already wakes the main thread; losing this byte is
+            // fine.
             unsafe { libc::write(write_fd, [1u8].as_ptr().cast(), 1) };
         });
         let client = Client::new(settings::RESPONSE_BODY_LIMIT.get().max(0) as usize);
@@ -136,25 +143,24 @@ impl Worker {
             shared,
             pool: Pool::new(settings::max_concurrent(), settings::max_concurrent_per_trigger(), client, notify),
             wake_fd: read_fd,
+            lanes: HashMap::new(),
             in_flight: HashMap::new(),
-            maybe_more: HashMap::new(),
-            pending: Vec::new(),
-            oldest_pending: None,
-            next_due: None,
-            definitions: HashMap::new(),
             next_tag: 1,
+            outcomes: Vec::new(),
+            oldest_outcome: None,
+            next_due: None,
             ready: false,
             seen_wakes: 0,
-            cursors: HashMap::new(),
             last_cleanup: None,
-            ready_to_send: Vec::new(),
+            to_send: Vec::new(),
         }
     }
 
     /// The main loop. The pool's threads take queued attempts themselves;
     /// outcomes pile up to be recorded in batches. A database round (record,
-    /// then claim) runs when something may be due (latch, timeout), when a
-    /// trigger's queue runs low, or when enough outcomes wait.
+    /// refresh, claim) runs when something may be due (a wake-up, a
+    /// timeout), when a lane's queue runs low, or when enough outcomes
+    /// wait; its claims are sent once it has committed.
     fn run(&mut self) {
         let mut woken = true;
         self.pool.configure(settings::max_concurrent_per_trigger(), flush_at());
@@ -164,53 +170,71 @@ impl Worker {
                 return;
             }
             if BackgroundWorker::sighup_received() {
-                unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-                self.pool.grow(settings::max_concurrent());
-                self.pool.configure(settings::max_concurrent_per_trigger(), flush_at());
-                self.last_cleanup = None;
+                self.reload();
                 woken = true;
             }
-            // Committing backends bump the counter before they set the latch,
-            // so a wake-up is never lost between a latch reset and a check.
-            let wakes = self.shared.wake_requests.load(Ordering::Acquire);
-            if wakes != self.seen_wakes {
-                self.seen_wakes = wakes;
-                woken = true;
-            }
+            woken |= self.new_wakeups();
             if woken {
-                for more in self.maybe_more.values_mut() {
-                    *more = true;
+                for lane in self.lanes.values_mut() {
+                    lane.maybe_more = true;
                 }
             }
             self.collect();
-            let lane_low = self.definitions.keys().any(|t| self.wants_more(t));
-            let flush = self.pending.len() >= flush_at() || self.oldest_pending.is_some_and(|t| t.elapsed() >= FLUSH_AFTER);
-            let retry_due = self.next_due.is_some_and(|t| Instant::now() >= t);
-            if woken || lane_low || flush || retry_due {
+            if woken || self.round_is_due() {
                 // An ERROR ends the process (the postmaster restarts it), so
                 // no state survives a failed transaction.
                 BackgroundWorker::transaction(AssertUnwindSafe(|| self.round()));
-                // The claims are committed: now the requests may go out.
-                for (trigger, attempts) in std::mem::take(&mut self.ready_to_send) {
-                    self.pool.submit_all(&trigger, attempts);
-                }
+                self.send();
             }
             self.shared.in_flight.store(self.in_flight.len() as i64, Ordering::Relaxed);
             self.apply_retention();
-
-            let mut timeout = Duration::from_millis(settings::POLL_INTERVAL_MS.get().max(1) as u64);
-            if let Some(t) = self.oldest_pending {
-                timeout = timeout.min(FLUSH_AFTER.saturating_sub(t.elapsed()));
-            }
-            if let Some(t) = self.next_due {
-                timeout = timeout.min(t.saturating_duration_since(Instant::now()));
-            }
-            if let (Some(_), Some(t)) = (settings::retention(), self.last_cleanup) {
-                timeout = timeout.min(RETENTION_EVERY.saturating_sub(t.elapsed()));
-            }
-            let more_now = self.definitions.keys().any(|t| self.wants_more(t));
-            woken = if more_now { true } else { self.wait(timeout) };
+            woken = if self.lanes.keys().any(|t| self.wants_more(t)) { true } else { self.wait(self.sleep_time()) };
         }
+    }
+
+    /// Rereads the configuration file (SIGHUP) and applies what changed.
+    fn reload(&mut self) {
+        // SAFETY: called on the main thread between transactions, as
+        // PostgreSQL's own processes do.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        self.pool.grow(settings::max_concurrent());
+        self.pool.configure(settings::max_concurrent_per_trigger(), flush_at());
+        self.last_cleanup = None;
+    }
+
+    /// Whether committing backends asked for a wake-up since the last look.
+    /// They bump the counter before they set the latch, so a wake-up is
+    /// never lost between a latch reset and this check.
+    fn new_wakeups(&mut self) -> bool {
+        let wakes = self.shared.wake_requests.load(Ordering::Acquire);
+        let new = wakes != self.seen_wakes;
+        self.seen_wakes = wakes;
+        new
+    }
+
+    /// Whether a round is worth it without a wake-up: a lane runs low,
+    /// enough outcomes wait, or a retry fell due.
+    fn round_is_due(&self) -> bool {
+        self.lanes.keys().any(|t| self.wants_more(t))
+            || self.outcomes.len() >= flush_at()
+            || self.oldest_outcome.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
+            || self.next_due.is_some_and(|t| Instant::now() >= t)
+    }
+
+    /// How long to sleep when nothing is to be done: until the poll
+    /// interval, the outcomes' flush, the next retry or the next cleanup.
+    fn sleep_time(&self) -> Duration {
+        let mut timeout = Duration::from_millis(settings::POLL_INTERVAL_MS.get().max(1) as u64);
+        if let Some(t) = self.oldest_outcome {
+            timeout = timeout.min(FLUSH_AFTER.saturating_sub(t.elapsed()));
+        }
+        if let Some(t) = self.next_due {
+            timeout = timeout.min(t.saturating_duration_since(Instant::now()));
+        }
+        if let (Some(_), Some(t)) = (settings::retention(), self.last_cleanup) {
+            timeout = timeout.min(RETENTION_EVERY.saturating_sub(t.elapsed()));
+        }
+        timeout
     }
 
     /// Sleeps until the latch, an outcome, or the timeout. True when the
@@ -218,6 +242,7 @@ impl Worker {
     /// backends are seen through their counter.
     fn wait(&mut self, timeout: Duration) -> bool {
         let events = pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
+        // SAFETY: the worker's own latch and pipe, on the main thread.
         let rc = unsafe {
             let rc = pg_sys::WaitLatchOrSocket(
                 pg_sys::MyLatch,
@@ -230,6 +255,7 @@ impl Worker {
             rc
         };
         drain(self.wake_fd);
+        // SAFETY: reads the clock.
         self.shared.last_wakeup.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
         pgrx::check_for_interrupts!();
         rc & pg_sys::WL_TIMEOUT as i32 != 0
@@ -244,10 +270,10 @@ impl Worker {
         }
         self.last_cleanup = Some(Instant::now());
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
-            if !store::extension_installed() {
+            if !catalog::extension_installed() {
                 return;
             }
-            match store::cleanup(&retention) {
+            match event_log::cleanup(&retention) {
                 Ok(n) if n > 0 => log!("pg_webhooks: webhooks.retention = '{retention}' removed {n} finished events"),
                 Ok(_) => {}
                 Err(e) => warning!("pg_webhooks: webhooks.retention = '{retention}' is not usable: {e}"),
@@ -259,256 +285,216 @@ impl Worker {
     fn collect(&mut self) {
         let outcomes = self.pool.outcomes();
         if !outcomes.is_empty() {
-            self.oldest_pending.get_or_insert_with(Instant::now);
-            self.pending.extend(outcomes);
+            self.oldest_outcome.get_or_insert_with(Instant::now);
+            self.outcomes.extend(outcomes);
         }
-    }
-
-    /// How many more events of `trigger` the pool should get: it keeps a
-    /// batch queued beyond what is on the wire.
-    fn room(&self, trigger: &str) -> usize {
-        let target = settings::BATCH_SIZE.get().max(1) as usize + settings::max_concurrent_per_trigger();
-        target.saturating_sub(self.pool.load(trigger))
     }
 
     /// Whether a claim for `trigger` is worth a round now: more may be due
     /// and its queue is down to half a batch.
     fn wants_more(&self, trigger: &str) -> bool {
-        self.maybe_more.get(trigger).copied().unwrap_or(true)
-            && self.room(trigger) * 2 >= settings::BATCH_SIZE.get().max(1) as usize
+        self.lanes.get(trigger).is_some_and(|l| l.maybe_more)
+            && room(&self.pool, trigger) * 2 >= settings::BATCH_SIZE.get().max(1) as usize
     }
 
-    /// One transaction: record outcomes, then claim what the lanes can take.
+    /// One transaction: record outcomes, refresh the lanes, claim what they
+    /// can take.
     fn round(&mut self) {
-        if !store::extension_installed() {
+        if !self.ensure_ready() {
+            return;
+        }
+        let outcomes = std::mem::take(&mut self.outcomes);
+        self.oldest_outcome = None;
+        self.record(outcomes);
+        self.refresh_lanes();
+        self.claim();
+    }
+
+    /// Whether the extension is installed; the first time it is, sets up
+    /// the session and releases the locks a dead worker left. When it is
+    /// gone, forgets everything claimed (it belonged to the dropped tables).
+    fn ensure_ready(&mut self) -> bool {
+        if !catalog::extension_installed() {
             if self.ready {
                 log!("pg_webhooks: the extension is not installed in this database; waiting for CREATE EXTENSION");
             }
             self.ready = false;
-            // Whatever was claimed belongs to a dropped extension.
             self.in_flight.clear();
-            self.maybe_more.clear();
-            self.pending.clear();
-            self.oldest_pending = None;
-            self.definitions.clear();
-            return;
+            self.lanes.clear();
+            self.outcomes.clear();
+            self.oldest_outcome = None;
+            return false;
         }
-        if !self.ready {
-            Spi::run("SET search_path = pg_catalog, pg_temp").expect("setting search_path");
-            // Every query of this session touches a batch of rows through an
-            // index: the claim walks the fetch index in order and stops after
-            // a batch, the updates join by primary key. The planner cannot
-            // see the batch size inside the claim (a LIMIT from a lateral
-            // list) and, with a large backlog or stale statistics, prefers
-            // plans that sort or hash the whole table on every round (seen:
-            // a hash join over 1.3M rows, a bitmap scan sorting the backlog,
-            // and JIT compiling them). None of those ever pays off here.
-            for setting in [
-                "SET enable_bitmapscan = off",
-                "SET enable_sort = off",
-                "SET enable_hashjoin = off",
-                "SET enable_mergejoin = off",
-                "SET jit = off",
-            ] {
-                Spi::run(setting).expect("planner setting");
-            }
-            let released = store::release_stale_locks();
-            if released > 0 {
-                log!("pg_webhooks: released {released} event locks left by a previous worker; they will be delivered again");
-            }
-            self.ready = true;
+        if self.ready {
+            return true;
         }
+        Spi::run("SET search_path = pg_catalog, pg_temp").expect("setting search_path");
+        // Every query of this session touches a batch of rows through an
+        // index: the claim walks the fetch index in order and stops after a
+        // batch, the updates join by primary key. The planner cannot see the
+        // batch size inside the claim (a LIMIT from a lateral list) and, with
+        // a large backlog or stale statistics, prefers plans that sort or
+        // hash the whole table on every round (seen: a hash join over 1.3M
+        // rows, a bitmap scan sorting the backlog, and JIT compiling them).
+        // None of those ever pays off here.
+        for setting in [
+            "SET enable_bitmapscan = off",
+            "SET enable_sort = off",
+            "SET enable_hashjoin = off",
+            "SET enable_mergejoin = off",
+            "SET jit = off",
+        ] {
+            Spi::run(setting).expect("planner setting");
+        }
+        let released = event_log::release_stale_locks();
+        if released > 0 {
+            log!("pg_webhooks: released {released} event locks left by a previous worker; they will be delivered again");
+        }
+        self.ready = true;
+        true
+    }
 
-        let outcomes = std::mem::take(&mut self.pending);
-        self.oldest_pending = None;
-        self.record(outcomes);
-        self.refresh_definitions();
-
-        // Deleted or paused triggers: what waits in the queue is released,
-        // not sent.
-        let gone: Vec<String> = self.maybe_more.keys().filter(|t| !self.definitions.contains_key(*t)).cloned().collect();
+    /// Brings the lanes up to date with the definitions: every round checks
+    /// which triggers exist and are not paused, and their row versions; only
+    /// a definition whose row changed is read and parsed again. The queued
+    /// attempts of triggers deleted or paused since are released, not sent.
+    fn refresh_lanes(&mut self) {
+        let states = definitions::trigger_states();
+        let restricted = settings::restricted_env_policy();
+        let changed: Vec<String> = states
+            .iter()
+            .filter(|t| self.lanes.get(&t.name).is_none_or(|l| l.version != t.version))
+            .map(|t| t.name.clone())
+            .collect();
+        if !changed.is_empty() {
+            debug1!("pg_webhooks: reading the definitions of {}", changed.join(", "));
+        }
+        for (name, version, stored) in definitions::definitions_of(changed) {
+            match Definition::from_stored(&stored.0) {
+                Ok(def) => match self.lanes.get_mut(&name) {
+                    Some(lane) => {
+                        lane.version = version;
+                        lane.def = def;
+                    }
+                    None => {
+                        let lane = Lane { version, def, env_policy: restricted.clone(), maybe_more: true, cursor: None };
+                        self.lanes.insert(name, lane);
+                    }
+                },
+                Err(e) => warning!("pg_webhooks: event trigger \"{name}\" has an invalid stored definition: {}", e.message),
+            }
+        }
+        for t in &states {
+            if let Some(lane) = self.lanes.get_mut(&t.name) {
+                lane.env_policy = if t.owner_is_superuser { EnvPolicy::unrestricted() } else { restricted.clone() };
+            }
+        }
+        let gone: Vec<String> = self.lanes.keys().filter(|n| !states.iter().any(|t| t.name == **n)).cloned().collect();
         let mut released = Vec::new();
-        for t in gone {
-            for a in self.pool.withdraw(&t) {
+        for name in gone {
+            self.lanes.remove(&name);
+            for a in self.pool.withdraw(&name) {
                 if let Some(f) = self.in_flight.remove(&a.tag) {
                     released.push(f.event_id);
                 }
             }
-            self.maybe_more.remove(&t);
         }
-        store::unlock(released);
+        event_log::unlock(released);
+    }
 
+    /// Claims due events for every lane with room, prepares their requests
+    /// (sent after the commit), and works out when to look again.
+    fn claim(&mut self) {
         let mut names = Vec::new();
         let mut limits = Vec::new();
-        for name in self.definitions.keys() {
-            let more = *self.maybe_more.entry(name.clone()).or_insert(true);
-            let room = self.room(name);
-            if more && room > 0 {
+        let mut cursors = Vec::new();
+        for (name, lane) in &mut self.lanes {
+            lane.cursor = lane.cursor.filter(|(_, since)| since.elapsed() < CURSOR_LIFETIME);
+            let room = room(&self.pool, name);
+            if lane.maybe_more && room > 0 {
                 names.push(name.clone());
                 limits.push(room as i32);
+                cursors.push(lane.cursor.map(|(c, _)| c));
             }
         }
-        self.cursors.retain(|_, (_, since)| since.elapsed() < CURSOR_LIFETIME);
-        let cursors = names.iter().map(|n| self.cursors.get(n).map(|(c, _)| *c)).collect();
-        let claimed = store::claim(names.clone(), limits.clone(), cursors);
+        let claimed = event_log::claim(names.clone(), limits.clone(), cursors);
         let mut got: HashMap<String, usize> = HashMap::new();
-        let mut last: HashMap<String, store::Cursor> = HashMap::new();
+        let mut last: HashMap<String, event_log::Cursor> = HashMap::new();
         for event in claimed {
             *got.entry(event.trigger.clone()).or_default() += 1;
-            let id = pgrx::Uuid::from_bytes(*uuid::Uuid::parse_str(&event.id).expect("uuid from the database").as_bytes());
-            last.insert(event.trigger.clone(), (event.due, id));
+            last.insert(event.trigger.clone(), (event.due, event.id));
             self.prepare(event);
         }
         for (name, limit) in names.iter().zip(&limits) {
+            let Some(lane) = self.lanes.get_mut(name) else { continue };
             let full = got.get(name).copied().unwrap_or(0) >= *limit as usize;
-            self.maybe_more.insert(name.clone(), full);
-            match (full, last.remove(name)) {
-                (true, Some(cursor)) => {
-                    let since = self.cursors.get(name).map_or_else(Instant::now, |(_, s)| *s);
-                    self.cursors.insert(name.clone(), (cursor, since));
-                }
-                _ => {
-                    self.cursors.remove(name);
-                }
-            }
+            lane.maybe_more = full;
+            lane.cursor = match (full, last.remove(name)) {
+                (true, Some(cursor)) => Some((cursor, lane.cursor.map_or_else(Instant::now, |(_, since)| since))),
+                _ => None,
+            };
         }
         // Nothing more to claim now: sleep until the next retry falls due.
-        let all_drained = self.maybe_more.values().all(|m| !m);
-        self.next_due = if all_drained {
-            store::seconds_until_next_due(self.definitions.keys().cloned().collect())
+        self.next_due = if self.lanes.values().all(|l| !l.maybe_more) {
+            event_log::seconds_until_next_due(self.lanes.keys().cloned().collect())
                 .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)))
         } else {
             None
         };
     }
 
-    /// Brings the cached definitions up to date: every round checks which
-    /// triggers exist and are not paused, and their row versions; only a
-    /// definition whose row changed is read and parsed again.
-    fn refresh_definitions(&mut self) {
-        let states = store::trigger_states();
-        let restricted = settings::restricted_env_policy();
-        let changed: Vec<String> = states
-            .iter()
-            .filter(|t| self.definitions.get(&t.name).is_none_or(|c| c.version != t.version))
-            .map(|t| t.name.clone())
-            .collect();
-        if !changed.is_empty() {
-            debug1!("pg_webhooks: reading the definitions of {}", changed.join(", "));
-        }
-        for (name, version, def) in store::definitions_of(changed) {
-            match Definition::from_stored(&def.0) {
-                Ok(def) => {
-                    self.definitions.insert(name, Cached { version, def, env_policy: EnvPolicy::unrestricted() });
-                }
-                Err(e) => warning!("pg_webhooks: event trigger \"{name}\" has an invalid stored definition: {}", e.message),
-            }
-        }
-        self.definitions.retain(|name, _| states.iter().any(|t| t.name == *name));
-        for t in &states {
-            if let Some(c) = self.definitions.get_mut(&t.name) {
-                c.env_policy = if t.owner_is_superuser { EnvPolicy::unrestricted() } else { restricted.clone() };
-            }
-        }
-    }
-
     /// Builds the HTTP attempt for a claimed event and queues it in its lane.
-    fn prepare(&mut self, event: store::Claimed) {
-        let Some(Cached { def, env_policy, .. }) = self.definitions.get(&event.trigger) else {
-            // Claimed by name from the definitions just read: cannot happen.
+    fn prepare(&mut self, event: event_log::Claimed) {
+        let Some(lane) = self.lanes.get(&event.trigger) else {
+            // Claimed by name from the lanes just refreshed: cannot happen.
             return;
         };
         let tag = self.next_tag;
         self.next_tag += 1;
-        let event_id = pgrx::Uuid::from_bytes(*uuid::Uuid::parse_str(&event.id).expect("uuid from the database").as_bytes());
-        let body = webhook_body(
-            &event.id,
-            &event.created_at,
-            &event.trigger,
-            &event.schema,
-            &event.table,
-            &event.event,
-            def.retry_conf.num_retries,
-            event.tries,
-        );
-        // The owner's policy again: webhooks.allowed_env_vars may have
-        // shrunk, or the owner lost superuser, since the trigger was created.
-        let read = |var: &str| -> Result<String, String> {
-            if !env_policy.allows(var) {
-                return Err(format!(
-                    "environment variable \"{var}\" is not in webhooks.allowed_env_vars and the trigger's owner is not a superuser"
-                ));
-            }
-            std::env::var(var).map_err(|_| format!("environment variable \"{var}\" is not set"))
-        };
-        let env = |v: &str| read(v).ok();
-        let (url, url_logged) = match &def.webhook {
-            Webhook::Url(template) => (
-                env_template::render_with(template, &|v| read(v).map_err(ApiError::invalid)).map_err(|e| e.message),
-                template.clone(),
-            ),
-            Webhook::FromEnv(var) => (read(var), format!("{{{{{var}}}}}")),
+        let id = event.id.to_string();
+        let body = WebhookBody {
+            id: &id,
+            created_at: &event.created_at,
+            trigger: &event.trigger,
+            schema: &event.schema,
+            table: &event.table,
+            event: &event.event,
+            max_retries: lane.def.retry_conf.num_retries,
+            current_retry: event.tries,
         };
         let now_secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let mut headers = Vec::with_capacity(def.headers.len() + 2);
-        let mut logged = Vec::with_capacity(def.headers.len() + 2);
-        let mut missing = url.as_ref().err().cloned();
-        let mut secrets: Vec<String> = match &def.webhook {
-            Webhook::Url(template) => env_template::variables(template).iter().filter_map(|v| env(v)).collect(),
-            Webhook::FromEnv(_) => url.iter().cloned().collect(),
-        };
-        for h in &def.headers {
-            match &h.value {
-                HeaderValue::Value(v) => {
-                    headers.push((h.name.clone(), v.clone()));
-                    logged.push(serde_json::json!({"name": h.name, "value": v}));
-                }
-                HeaderValue::FromEnv(var) => {
-                    match read(var) {
-                        Ok(v) => {
-                            secrets.push(v.clone());
-                            headers.push((h.name.clone(), v));
-                        }
-                        Err(e) => missing = Some(e),
-                    }
-                    logged.push(serde_json::json!({"name": h.name, "value": format!("<redacted: from env {var}>")}));
-                }
-            }
-        }
-        for (n, v) in [("webhook-id", event.id.clone()), ("webhook-timestamp", now_secs.to_string())] {
-            logged.push(serde_json::json!({"name": n, "value": v}));
-            headers.push((n.to_string(), v));
-        }
-        let request_log = format!(
-            "{{\"url\":{},\"headers\":{},\"payload\":{}}}",
-            serde_json::Value::String(url_logged),
-            serde_json::Value::Array(logged),
-            body
-        );
+        let request = request::build(&lane.def, &body, &|v| std::env::var(v).ok(), &lane.env_policy, now_secs);
+        // Stored timeouts longer than webhooks.max_timeout (lowered since)
+        // are cut to it.
+        let timeout = Duration::from_secs(lane.def.retry_conf.timeout_sec.clamp(1, settings::max_timeout_sec()) as u64);
         self.in_flight.insert(
             tag,
             InFlight {
-                event_id,
+                event_id: event.id,
                 trigger: event.trigger.clone(),
                 tries_before: event.tries,
-                retry: def.retry_conf,
-                request_log,
-                secrets,
+                retry: lane.def.retry_conf,
+                request_log: request.logged,
+                secrets: request.secrets,
             },
         );
-        if let Some(error) = missing {
+        if let Some(error) = request.unsendable {
             // Fails without a request; recorded with the next outcomes.
-            self.oldest_pending.get_or_insert_with(Instant::now);
-            self.pending.push(Outcome { tag, response: None, error: Some(error), started: SystemTime::now(), duration: Duration::ZERO });
+            self.oldest_outcome.get_or_insert_with(Instant::now);
+            self.outcomes.push(Outcome { tag, response: None, error: Some(error), started: SystemTime::now(), duration: Duration::ZERO });
             return;
         }
-        // Stored timeouts longer than webhooks.max_timeout (lowered since)
-        // are cut to it.
-        let timeout = Duration::from_secs(def.retry_conf.timeout_sec.clamp(1, settings::max_timeout_sec()) as u64);
-        let attempt = Attempt { tag, url: url.expect("checked above"), headers, body, timeout };
-        match self.ready_to_send.iter_mut().find(|(t, _)| *t == event.trigger) {
+        let attempt = Attempt { tag, url: request.url, headers: request.headers, body: request.body, timeout };
+        match self.to_send.iter_mut().find(|(t, _)| *t == event.trigger) {
             Some((_, list)) => list.push(attempt),
-            None => self.ready_to_send.push((event.trigger, vec![attempt])),
+            None => self.to_send.push((event.trigger, vec![attempt])),
+        }
+    }
+
+    /// Hands the attempts of the committed round to the pool.
+    fn send(&mut self) {
+        for (trigger, attempts) in std::mem::take(&mut self.to_send) {
+            self.pool.submit_all(&trigger, attempts);
         }
     }
 
@@ -517,30 +503,24 @@ impl Worker {
         let mut rows = Vec::with_capacity(outcomes.len());
         for o in outcomes {
             let Some(f) = self.in_flight.remove(&o.tag) else { continue };
-            let status = o.status();
             let retry_after = o
                 .response
                 .as_ref()
                 .and_then(|r| r.header("retry-after"))
                 .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
             let verdict = retry::classify(o.completed_status(), retry_after, f.tries_before, &f.retry);
-            let response = scrub(o.response_json(), &f.secrets);
-            let happened = scrub_text(what_happened(&o), &f.secrets);
-            let (code, delay) = match verdict {
+            let happened = request::scrub_text(o.summary(), &f.secrets);
+            match verdict {
                 Verdict::Delivered => {
                     self.shared.delivered.fetch_add(1, Ordering::Relaxed);
-                    ('d', 0.0)
                 }
-                Verdict::Retry(d) => {
-                    debug1!(
-                        "pg_webhooks: event {} of trigger \"{}\" failed ({}); retry in {:.1}s",
-                        f.event_id,
-                        f.trigger,
-                        happened,
-                        d.as_secs_f64()
-                    );
-                    ('r', d.as_secs_f64())
-                }
+                Verdict::Retry(d) => debug1!(
+                    "pg_webhooks: event {} of trigger \"{}\" failed ({}); retry in {:.1}s",
+                    f.event_id,
+                    f.trigger,
+                    happened,
+                    d.as_secs_f64()
+                ),
                 Verdict::Failed => {
                     self.shared.failed.fetch_add(1, Ordering::Relaxed);
                     log!(
@@ -550,30 +530,28 @@ impl Worker {
                         f.tries_before + 1,
                         happened
                     );
-                    ('f', 0.0)
                 }
-            };
-            rows.push(store::Recorded {
+            }
+            rows.push(event_log::Recorded {
                 event_id: f.event_id,
-                log_id: pgrx::Uuid::from_bytes(webhooks_core::ids::next_v7()),
+                log_id: event_log::new_event_id(),
                 trigger: f.trigger,
-                status: status.map(i32::from),
+                status: o.status().map(i32::from),
                 request: f.request_log,
-                response: response.to_string(),
+                response: request::scrub(o.response_json(), &f.secrets).to_string(),
                 started_epoch: o.started.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
                 duration_ms: o.duration.as_secs_f64() * 1000.0,
-                verdict: code,
-                retry_delay_sec: delay,
+                verdict,
             });
         }
-        store::record(rows);
+        event_log::record(rows);
     }
 
     /// On SIGTERM: record what comes back within a short grace period, and
     /// release the rest (queued or still on the wire) so that it is
     /// delivered again.
     fn shutdown(&mut self) {
-        let lanes: Vec<String> = self.maybe_more.keys().cloned().collect();
+        let lanes: Vec<String> = self.lanes.keys().cloned().collect();
         for t in lanes {
             self.pool.withdraw(&t);
         }
@@ -586,64 +564,43 @@ impl Worker {
             return;
         }
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
-            if !store::extension_installed() {
+            if !catalog::extension_installed() {
                 return;
             }
-            let outcomes = std::mem::take(&mut self.pending);
+            let outcomes = std::mem::take(&mut self.outcomes);
             self.record(outcomes);
             let rest: Vec<pgrx::Uuid> = self.in_flight.values().map(|f| f.event_id).collect();
             if !rest.is_empty() {
                 log!("pg_webhooks: stopping with {} deliveries claimed; they will be delivered again", rest.len());
             }
-            store::unlock(rest);
+            event_log::unlock(rest);
         }));
         self.in_flight.clear();
     }
 }
 
-/// Replaces every secret (a value from the environment) in a text by a
-/// marker. Short values are left alone: they would match by accident.
-fn scrub_text(mut text: String, secrets: &[String]) -> String {
-    for s in secrets.iter().filter(|s| s.len() >= 4) {
-        if text.contains(s.as_str()) {
-            text = text.replace(s.as_str(), "<redacted>");
-        }
-    }
-    text
-}
-
-/// `scrub_text` over a JSON value (a webhook may echo what it was sent).
-fn scrub(v: serde_json::Value, secrets: &[String]) -> serde_json::Value {
-    if secrets.is_empty() {
-        return v;
-    }
-    match v {
-        serde_json::Value::String(s) => serde_json::Value::String(scrub_text(s, secrets)),
-        serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(|x| scrub(x, secrets)).collect()),
-        serde_json::Value::Object(m) => serde_json::Value::Object(m.into_iter().map(|(k, x)| (k, scrub(x, secrets))).collect()),
-        other => other,
-    }
-}
-
-fn what_happened(o: &Outcome) -> String {
-    match (o.status(), &o.error) {
-        (Some(s), _) => format!("HTTP {s}"),
-        (None, Some(e)) => e.clone(),
-        (None, None) => "no response".into(),
-    }
+/// How many more events of `trigger` the pool should get: it keeps a batch
+/// queued beyond what is on the wire.
+fn room(pool: &Pool, trigger: &str) -> usize {
+    let target = settings::BATCH_SIZE.get().max(1) as usize + settings::max_concurrent_per_trigger();
+    target.saturating_sub(pool.load(trigger))
 }
 
 /// A non-blocking pipe: HTTP threads write a byte when an outcome is ready,
 /// the main thread waits on the read end along with its latch.
 fn wake_pipe() -> (RawFd, RawFd) {
     let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+    // SAFETY: pipe2 writes two descriptors into the array.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if rc != 0 {
         error!("pg_webhooks: could not create a pipe: {}", std::io::Error::last_os_error());
     }
     (fds[0], fds[1])
 }
 
+/// Empties the wake-up pipe (non-blocking).
 fn drain(fd: RawFd) {
     let mut buf = [0u8; 256];
+    // SAFETY: reads at most the buffer's length into it.
     while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
 }

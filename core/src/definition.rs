@@ -121,8 +121,7 @@ pub struct CreateArgs {
     pub replace: bool,
 }
 
-/// Looks up an environment variable of the server.
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub use crate::env_template::EnvLookup;
 
 /// Bounds a grantee cannot lift: set by superusers through settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,12 +216,6 @@ impl Definition {
             }
         }
         out
-    }
-
-    /// Whether any row operation is captured (otherwise the trigger is for
-    /// manual invocation only).
-    pub fn captures_rows(&self) -> bool {
-        self.insert.is_some() || self.update.is_some() || self.delete.is_some()
     }
 }
 
@@ -921,7 +914,8 @@ mod tests {
         let mut v = base();
         v.as_object_mut().unwrap().remove("insert");
         let a = parse(v.clone()).unwrap();
-        assert!(!a.definition.captures_rows() && a.definition.enable_manual);
+        let d = &a.definition;
+        assert!(d.insert.is_none() && d.update.is_none() && d.delete.is_none() && d.enable_manual);
         v["enable_manual"] = json!(false);
         let e = err(v);
         assert!(e.message.contains("captures nothing"), "{}", e.message);

@@ -10,18 +10,28 @@
 //! - [`retry`]: success, retry or failure of an attempt; `Retry-After`.
 //! - [`hasura_metadata`]: event triggers from a Hasura metadata export.
 //! - [`ids`]: time-ordered (v7) uuids without a system call each.
-//! - [`delivery`]: the webhook body, HTTP attempts and the thread pool.
+//! - [`body`]: the JSON body a webhook receives.
+//! - [`request`]: an attempt's URL, headers and logged form from a
+//!   definition and an event; scrubbing secrets from what comes back.
+//! - [`http`]: one HTTP attempt (ureq) and its outcome.
+//! - [`pool`]: the threads that make attempts concurrently, lane by lane.
 //! - [`resolve`]: host names for the HTTP client, without a thread per
 //!   request.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod body;
 pub mod definition;
-pub mod delivery;
 pub mod env_policy;
 pub mod env_template;
 pub mod error;
 pub mod hasura_metadata;
+pub mod http;
 pub mod ids;
+pub mod pool;
 pub mod query;
+pub mod request;
 pub mod resolve;
 pub mod retry;
 

@@ -298,7 +298,7 @@ fn query_runs_hasura_bodies() {
     let exists: bool = one(&mut c, &format!("SELECT EXISTS (SELECT FROM webhooks.event_log WHERE id = '{id}')"));
     assert!(exists);
     assert_eq!(query(&mut c, json!({"type": "redeliver_event", "args": {"event_id": id}})), ok);
-    assert_eq!(query(&mut c, json!({"type": "invoke_event_trigger", "args": {"name": "users_all", "payload": null}}))["event_id"].is_string(), true);
+    assert!(query(&mut c, json!({"type": "invoke_event_trigger", "args": {"name": "users_all", "payload": null}}))["event_id"].is_string());
     assert_eq!(query(&mut c, json!({"type": "pg_delete_event_trigger", "args": {"name": "v2_trigger", "source": "default"}})), ok);
     assert_eq!(query(&mut c, json!({"type": "delete_event_trigger", "args": {"name": "users_all"}})), ok);
     assert_eq!(count_definitions(&mut c), 0);

@@ -183,7 +183,7 @@ fn identifiers_that_attack_hand_built_sql() {
         .execute("SELECT webhooks.create_event_trigger($1)", &[&json!({"name": "x'; DROP TABLE fuzz; --", "table": "fuzz", "webhook": "http://h.example"})])
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "22023");
-    assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM fuzz") >= 0, true, "fuzz still exists");
+    assert!(one::<i64>(&mut c, "SELECT count(*) FROM fuzz") >= 0, "fuzz still exists");
 }
 
 #[test]

@@ -1,0 +1,204 @@
+//! The request of one attempt, built from a definition and a claimed event:
+//! the URL with its `{{VAR}}`s resolved, the headers (values from the
+//! environment included), the body, the request as the invocation log keeps
+//! it (secrets redacted), and the secrets to scrub from what comes back.
+//!
+//! The environment is read through the trigger owner's [`EnvPolicy`] again
+//! at every request: the setting or the owner may have changed since the
+//! definition was accepted.
+
+use serde_json::{json, Value};
+
+use crate::body::WebhookBody;
+use crate::definition::{Definition, HeaderValue, Webhook};
+use crate::env_policy::EnvPolicy;
+use crate::env_template::{self, EnvLookup};
+use crate::error::ApiError;
+
+/// A request ready to send, or to fail without sending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub url: String,
+    /// Every header but Content-Type and User-Agent (the client sets them),
+    /// `webhook-id` and `webhook-timestamp` last.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// `{"url", "headers", "payload"}` as JSON text for the invocation log:
+    /// the URL template, header values from the environment redacted.
+    pub logged: String,
+    /// Values taken from the environment: never logged, and scrubbed from
+    /// the response before it is.
+    pub secrets: Vec<String>,
+    /// Why the request cannot be sent (a variable that is not set, or not
+    /// allowed): the attempt fails with this, and nothing goes out.
+    pub unsendable: Option<String>,
+}
+
+/// Builds the request for `body` under `def`, reading the environment
+/// through `env` as `policy` allows; `now_secs` is `webhook-timestamp`.
+pub fn build(def: &Definition, body: &WebhookBody, env: EnvLookup, policy: &EnvPolicy, now_secs: u64) -> Request {
+    let read = |var: &str| -> Result<String, String> {
+        if !policy.allows(var) {
+            return Err(format!(
+                "environment variable \"{var}\" is not in webhooks.allowed_env_vars and the trigger's owner is not a superuser"
+            ));
+        }
+        env(var).ok_or_else(|| format!("environment variable \"{var}\" is not set"))
+    };
+    let mut unsendable = None;
+    let mut secrets = Vec::new();
+    let (url, url_logged) = match &def.webhook {
+        Webhook::Url(template) => {
+            let url = env_template::render_with(template, &|v| read(v).map_err(ApiError::invalid));
+            secrets.extend(env_template::variables(template).iter().filter_map(|v| read(v).ok()));
+            (url.map_err(|e| e.message), template.clone())
+        }
+        Webhook::FromEnv(var) => {
+            let url = read(var);
+            secrets.extend(url.iter().cloned());
+            (url, format!("{{{{{var}}}}}"))
+        }
+    };
+    let url = url.unwrap_or_else(|e| {
+        unsendable = Some(e);
+        String::new()
+    });
+
+    let mut headers = Vec::with_capacity(def.headers.len() + 2);
+    let mut logged = Vec::with_capacity(def.headers.len() + 2);
+    for h in &def.headers {
+        match &h.value {
+            HeaderValue::Value(v) => {
+                headers.push((h.name.clone(), v.clone()));
+                logged.push(json!({"name": h.name, "value": v}));
+            }
+            HeaderValue::FromEnv(var) => {
+                match read(var) {
+                    Ok(v) => {
+                        secrets.push(v.clone());
+                        headers.push((h.name.clone(), v));
+                    }
+                    Err(e) => unsendable = Some(e),
+                }
+                logged.push(json!({"name": h.name, "value": format!("<redacted: from env {var}>")}));
+            }
+        }
+    }
+    for (n, v) in [("webhook-id", body.id.to_string()), ("webhook-timestamp", now_secs.to_string())] {
+        logged.push(json!({"name": n, "value": v}));
+        headers.push((n.to_string(), v));
+    }
+    let body = body.render();
+    let logged =
+        format!("{{\"url\":{},\"headers\":{},\"payload\":{}}}", Value::String(url_logged), Value::Array(logged), body);
+    Request { url, headers, body, logged, secrets, unsendable }
+}
+
+/// Replaces every secret in `text` by a marker. Values shorter than 4 bytes
+/// are left alone: they would match by accident.
+pub fn scrub_text(mut text: String, secrets: &[String]) -> String {
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        if text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), "<redacted>");
+        }
+    }
+    text
+}
+
+/// [`scrub_text`] over every string of a JSON value (a webhook may echo
+/// what it was sent).
+pub fn scrub(v: Value, secrets: &[String]) -> Value {
+    if secrets.is_empty() {
+        return v;
+    }
+    match v {
+        Value::String(s) => Value::String(scrub_text(s, secrets)),
+        Value::Array(a) => Value::Array(a.into_iter().map(|x| scrub(x, secrets)).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, x)| (k, scrub(x, secrets))).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(n: &str) -> Option<String> {
+        match n {
+            "HOST" => Some("h.example".into()),
+            "TOKEN" => Some("tok-secret".into()),
+            "URL" => Some("https://u.example/in".into()),
+            _ => None,
+        }
+    }
+
+    fn def(v: Value) -> Definition {
+        let mut base = json!({"name": "t", "table": "users", "insert": {"columns": "*"}});
+        for (k, x) in v.as_object().unwrap() {
+            base[k] = x.clone();
+        }
+        Definition::from_stored(&base).unwrap()
+    }
+
+    fn body() -> WebhookBody<'static> {
+        WebhookBody {
+            id: "0190d6c0-0000-7000-8000-000000000001",
+            created_at: "2024-01-01T00:00:00+00:00",
+            trigger: "t",
+            schema: "public",
+            table: "users",
+            event: r#"{"op":"INSERT"}"#,
+            max_retries: 0,
+            current_retry: 0,
+        }
+    }
+
+    #[test]
+    fn resolves_the_url_and_headers_and_redacts_the_log() {
+        let d = def(json!({"webhook": "https://{{HOST}}/x",
+                           "headers": [{"name": "X-Plain", "value": "p"}, {"name": "X-Token", "value_from_env": "TOKEN"}]}));
+        let r = build(&d, &body(), &env, &EnvPolicy::unrestricted(), 1_700_000_000);
+        assert_eq!(r.unsendable, None);
+        assert_eq!(r.url, "https://h.example/x");
+        assert_eq!(
+            r.headers,
+            vec![
+                ("X-Plain".into(), "p".into()),
+                ("X-Token".into(), "tok-secret".into()),
+                ("webhook-id".into(), "0190d6c0-0000-7000-8000-000000000001".into()),
+                ("webhook-timestamp".into(), "1700000000".into()),
+            ]
+        );
+        assert_eq!(r.secrets, vec!["h.example".to_string(), "tok-secret".to_string()]);
+        let logged: Value = serde_json::from_str(&r.logged).unwrap();
+        assert_eq!(logged["url"], json!("https://{{HOST}}/x"), "the template, not the value");
+        assert_eq!(logged["headers"][1], json!({"name": "X-Token", "value": "<redacted: from env TOKEN>"}));
+        assert_eq!(logged["payload"]["id"], json!("0190d6c0-0000-7000-8000-000000000001"));
+        assert!(!r.logged.contains("tok-secret") && !r.logged.contains("h.example"));
+    }
+
+    #[test]
+    fn missing_or_forbidden_variables_make_it_unsendable() {
+        let d = def(json!({"webhook_from_env": "URL", "headers": [{"name": "X", "value_from_env": "GONE"}]}));
+        let r = build(&d, &body(), &env, &EnvPolicy::unrestricted(), 0);
+        assert_eq!(r.url, "https://u.example/in");
+        assert_eq!(r.unsendable.as_deref(), Some("environment variable \"GONE\" is not set"));
+
+        let d = def(json!({"webhook": "https://x.example/", "headers": [{"name": "X", "value_from_env": "TOKEN"}]}));
+        let r = build(&d, &body(), &env, &EnvPolicy::from_setting("HOST"), 0);
+        assert!(r.unsendable.unwrap().contains("\"TOKEN\" is not in webhooks.allowed_env_vars"));
+        assert!(r.secrets.is_empty(), "a forbidden value is not even read");
+        let d = def(json!({"webhook": "https://{{TOKEN}}.example/"}));
+        let r = build(&d, &body(), &env, &EnvPolicy::from_setting(""), 0);
+        assert!(r.unsendable.unwrap().contains("\"TOKEN\" is not in webhooks.allowed_env_vars"));
+    }
+
+    #[test]
+    fn scrubbing_replaces_secrets_everywhere() {
+        let secrets = vec!["tok-secret".to_string(), "abc".to_string()];
+        assert_eq!(scrub_text("a tok-secret b".into(), &secrets), "a <redacted> b");
+        assert_eq!(scrub_text("abc".into(), &secrets), "abc", "short values are not scrubbed");
+        let v = scrub(json!({"body": "echo tok-secret", "list": ["tok-secret"], "n": 1}), &secrets);
+        assert_eq!(v, json!({"body": "echo <redacted>", "list": ["<redacted>"], "n": 1}));
+    }
+}

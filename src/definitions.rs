@@ -1,0 +1,183 @@
+//! `webhooks.event_triggers`: every read and write of the definitions table
+//! from Rust, for the SQL functions, capture and the worker alike. (The DDL
+//! event triggers in `sql/ddl.sql` keep definitions in step with renames
+//! and drops.)
+//!
+//! Everything here runs with the extension owner's rights: callers wrap it
+//! in [`crate::catalog::as_owner`], or are the worker.
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::Value;
+
+use crate::errors::spi;
+
+/// A definition's row as the management functions need it.
+pub struct Found {
+    pub name: String,
+    pub schema: String,
+    pub table: String,
+    /// The role that created it (the extension's owner before 0.3.0's
+    /// `ALTER EXTENSION ... UPDATE`).
+    pub owner: pg_sys::Oid,
+    pub definition: JsonB,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// The row is about to change or go: concurrent changes wait.
+    ForUpdate,
+    None,
+}
+
+/// Whether the table has its `owner` column (0.3.0). The library is
+/// installed before `ALTER EXTENSION pg_webhooks UPDATE` runs in each
+/// database, and works with the previous release's tables until then:
+/// there, every trigger counts as the extension owner's.
+pub fn owner_column_exists() -> bool {
+    // SAFETY: syscache lookups by name; each returns InvalidOid (or
+    // InvalidAttrNumber) when the object is missing.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"webhooks".as_ptr(), true);
+        if nsp == pg_sys::Oid::INVALID {
+            return false;
+        }
+        let rel = pg_sys::get_relname_relid(c"event_triggers".as_ptr(), nsp);
+        rel != pg_sys::Oid::INVALID && pg_sys::get_attnum(rel, c"owner".as_ptr()) != pg_sys::InvalidAttrNumber as i16
+    }
+}
+
+/// The owner as a SQL expression over the row `alias`: the column, or
+/// before the update the extension's owner.
+fn owner_expr(alias: &str) -> String {
+    if owner_column_exists() {
+        format!("{alias}.owner::pg_catalog.oid")
+    } else {
+        "(SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_webhooks')".into()
+    }
+}
+
+/// Trigger `name`'s row, locked as asked.
+pub fn find(name: &str, lock: Lock) -> Option<Found> {
+    let sql = format!(
+        "SELECT t.schema_name, t.table_name, {}, t.definition FROM webhooks.event_triggers t
+         WHERE t.name OPERATOR(pg_catalog.=) $1{}",
+        owner_expr("t"),
+        if lock == Lock::ForUpdate { " FOR UPDATE" } else { "" }
+    );
+    Spi::connect(|c| {
+        let rows = spi(c.select(&sql, Some(1), &[name.into()]).map(Some)).expect("select returns a table");
+        let row = rows.into_iter().next()?;
+        Some(Found {
+            name: name.to_string(),
+            schema: spi(row.get::<String>(1)).unwrap_or_default(),
+            table: spi(row.get::<String>(2)).unwrap_or_default(),
+            owner: spi(row.get::<pg_sys::Oid>(3)).unwrap_or(pg_sys::Oid::INVALID),
+            definition: spi(row.get::<JsonB>(4)).expect("definition is NOT NULL"),
+        })
+    })
+}
+
+/// Trigger `name`'s stored definition, if it exists.
+pub fn definition(name: &str) -> Option<JsonB> {
+    spi(Spi::get_one_with_args::<JsonB>(
+        "SELECT definition FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1",
+        &[name.into()],
+    ))
+}
+
+/// Stores a new definition owned by `owner` (ignored before 0.3.0's
+/// update). False when the name exists.
+pub fn insert(name: &str, stored: &Value, owner: pg_sys::Oid) -> bool {
+    let inserted = if owner_column_exists() {
+        spi(Spi::get_one_with_args::<bool>(
+            "INSERT INTO webhooks.event_triggers (name, definition, owner) VALUES ($1, $2, $3::pg_catalog.regrole)
+             ON CONFLICT (name) DO NOTHING RETURNING true",
+            &[name.into(), JsonB(stored.clone()).into(), owner.into()],
+        ))
+    } else {
+        spi(Spi::get_one_with_args::<bool>(
+            "INSERT INTO webhooks.event_triggers (name, definition) VALUES ($1, $2)
+             ON CONFLICT (name) DO NOTHING RETURNING true",
+            &[name.into(), JsonB(stored.clone()).into()],
+        ))
+    };
+    inserted.is_some()
+}
+
+/// Swaps trigger `name`'s definition.
+pub fn replace(name: &str, stored: &Value) {
+    spi(Spi::run_with_args(
+        "UPDATE webhooks.event_triggers SET definition = $2, updated_at = pg_catalog.now()
+         WHERE name OPERATOR(pg_catalog.=) $1",
+        &[name.into(), JsonB(stored.clone()).into()],
+    ));
+}
+
+pub fn delete(name: &str) {
+    spi(Spi::run_with_args("DELETE FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1", &[name.into()]));
+}
+
+pub fn set_paused(name: &str, paused: bool) {
+    spi(Spi::run_with_args(
+        "UPDATE webhooks.event_triggers SET paused = $2 WHERE name OPERATOR(pg_catalog.=) $1",
+        &[name.into(), paused.into()],
+    ));
+}
+
+/// A trigger that is not paused, as the worker checks it every round: its
+/// row version (a change means its definition must be read again) and
+/// whether its owner is a superuser (who may use any environment variable).
+pub struct TriggerState {
+    pub name: String,
+    pub version: String,
+    pub owner_is_superuser: bool,
+}
+
+/// Every trigger that is not paused; definitions are not read (see
+/// [`definitions_of`]), so a large one costs nothing while unchanged.
+pub fn trigger_states() -> Vec<TriggerState> {
+    let sql = format!(
+        "SELECT t.name, t.xmin::pg_catalog.text,
+                COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) {}), false)
+         FROM webhooks.event_triggers t WHERE NOT t.paused",
+        owner_expr("t")
+    );
+    Spi::connect(|c| {
+        let rows = spi(c.select(&sql, None, &[]).map(Some)).expect("select returns a table");
+        rows.into_iter()
+            .map(|r| TriggerState {
+                name: spi(r.get::<String>(1)).unwrap_or_default(),
+                version: spi(r.get::<String>(2)).unwrap_or_default(),
+                owner_is_superuser: spi(r.get::<bool>(3)).unwrap_or(false),
+            })
+            .collect()
+    })
+}
+
+/// The definitions of `names`, with their row versions.
+pub fn definitions_of(names: Vec<String>) -> Vec<(String, String, JsonB)> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    Spi::connect(|c| {
+        let rows = spi(c
+            .select(
+                "SELECT t.name, t.xmin::pg_catalog.text, t.definition FROM webhooks.event_triggers t
+                 WHERE t.name OPERATOR(pg_catalog.=) ANY ($1)",
+                None,
+                &[names.into()],
+            )
+            .map(Some))
+        .expect("select returns a table");
+        rows.into_iter()
+            .map(|r| {
+                (
+                    spi(r.get::<String>(1)).unwrap_or_default(),
+                    spi(r.get::<String>(2)).unwrap_or_default(),
+                    spi(r.get::<JsonB>(3)).expect("definition is NOT NULL"),
+                )
+            })
+            .collect()
+    })
+}
