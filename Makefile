@@ -5,7 +5,7 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup build install test unit demo bench bench-quick soak clean
+.PHONY: all setup build install test unit lint demo bench bench-quick soak clean
 
 all: build
 
@@ -30,6 +30,12 @@ test: install
 
 unit:
 	$(CARGO) test -p pg_webhooks_core
+
+# The habits CI holds the tree to: rustfmt.toml's formatting, and clippy
+# with every warning an error (SAFETY comments on unsafe blocks included).
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The 10-minute soak (docs/reliability.md); make test runs a 20-second one.
 soak: install

@@ -23,10 +23,10 @@ use webhooks_core::{ApiError, SqlState};
 
 use crate::catalog::{self, Table};
 use crate::definitions::{self, Found, Lock};
-use crate::{event_log, payload};
 use crate::errors::{raise, spi, OrRaise};
 use crate::json_arg::JsonArg;
 use crate::settings;
+use crate::{event_log, payload};
 
 /// The table trigger that captures rows for event trigger `name`.
 pub fn table_trigger_name(name: &str) -> String {
@@ -100,7 +100,9 @@ fn query(body: Option<JsonArg>) -> JsonB {
 /// The management functions do something: a NULL argument is an error, not
 /// a silent NULL result.
 fn not_null<T>(arg: &str, v: Option<T>) -> T {
-    v.unwrap_or_else(|| raise(ApiError::new(SqlState::NullValueNotAllowed, format!("argument \"{arg}\" must not be NULL"))))
+    v.unwrap_or_else(|| {
+        raise(ApiError::new(SqlState::NullValueNotAllowed, format!("argument \"{arg}\" must not be NULL")))
+    })
 }
 
 fn run(request: Request) -> Value {
@@ -145,7 +147,8 @@ fn within<R>(context: &str, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
     PgTryBuilder::new(f)
         .catch_others(move |e| match e {
             CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
-                let mut report = ErrorReport::new(r.sql_error_code(), format!("{context}: {}", r.message()), "pg_webhooks");
+                let mut report =
+                    ErrorReport::new(r.sql_error_code(), format!("{context}: {}", r.message()), "pg_webhooks");
                 if let Some(hint) = r.hint() {
                     report = report.set_hint(hint.to_string());
                 }
@@ -318,7 +321,8 @@ fn table_trigger_sql(def: &Definition, table: &Table) -> String {
     if def.delete.is_some() {
         events.push("DELETE");
     }
-    let (events, when) = if events.is_empty() { ("INSERT".to_string(), " WHEN (false)") } else { (events.join(" OR "), "") };
+    let (events, when) =
+        if events.is_empty() { ("INSERT".to_string(), " WHEN (false)") } else { (events.join(" OR "), "") };
     format!(
         "CREATE OR REPLACE TRIGGER {} AFTER {events} ON {} FOR EACH ROW{when} EXECUTE FUNCTION webhooks.capture({})",
         quote_identifier(table_trigger_name(&def.name)),
@@ -363,8 +367,11 @@ fn record_column_dependencies(tgoid: pg_sys::Oid, table: &Table, attnums: &[i16]
     });
     let trigger = pg_sys::ObjectAddress { classId: pg_sys::TriggerRelationId, objectId: tgoid, objectSubId: 0 };
     for &attnum in attnums.iter().filter(|a| !recorded.contains(a)) {
-        let column =
-            pg_sys::ObjectAddress { classId: pg_sys::RelationRelationId, objectId: table.oid, objectSubId: attnum as i32 };
+        let column = pg_sys::ObjectAddress {
+            classId: pg_sys::RelationRelationId,
+            objectId: table.oid,
+            objectSubId: attnum as i32,
+        };
         // SAFETY: both addresses name existing objects (the trigger just
         // looked up, a live column of the locked table).
         unsafe { pg_sys::recordDependencyOn(&trigger, &column, pg_sys::DependencyType::DEPENDENCY_NORMAL) };
@@ -399,10 +406,7 @@ fn drop_table_trigger(name: &str, schema: &str, table: &str) {
         &[qualified.as_str().into()],
     ));
     if exists == Some(true) {
-        spi(Spi::run(&format!(
-            "DROP TRIGGER IF EXISTS {} ON {qualified}",
-            quote_identifier(table_trigger_name(name))
-        )));
+        spi(Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {qualified}", quote_identifier(table_trigger_name(name)))));
     }
 }
 
@@ -444,9 +448,14 @@ pub fn redeliver(event_id: pgrx::Uuid) {
             raise(
                 ApiError::new(
                     SqlState::ObjectNotInPrerequisiteState,
-                    format!("event {event_id} was archived when event trigger {} was deleted; it cannot be sent", json!(trigger)),
+                    format!(
+                        "event {event_id} was archived when event trigger {} was deleted; it cannot be sent",
+                        json!(trigger)
+                    ),
                 )
-                .with_hint("Archived events belong to a deleted trigger; invoke the current trigger with the payload instead."),
+                .with_hint(
+                    "Archived events belong to a deleted trigger; invoke the current trigger with the payload instead.",
+                ),
             );
         }
         let Some(found) = definitions::find(&trigger, Lock::None) else {
@@ -469,7 +478,10 @@ pub fn invoke(name: &str, payload: &Value) -> pgrx::Uuid {
             raise(
                 ApiError::new(
                     SqlState::ObjectNotInPrerequisiteState,
-                    format!("event trigger {} does not allow manual invocation (\"enable_manual\" is false)", json!(name)),
+                    format!(
+                        "event trigger {} does not allow manual invocation (\"enable_manual\" is false)",
+                        json!(name)
+                    ),
                 )
                 .with_hint("Replace the definition with \"enable_manual\": true to allow it."),
             );

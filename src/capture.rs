@@ -22,13 +22,13 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::ffi::{CStr, CString};
-
+use std::rc::Rc;
 
 use pgrx::prelude::*;
 use pgrx::trigger_support::{
-    trigger_fired_after, trigger_fired_by_delete, trigger_fired_by_insert, trigger_fired_by_truncate, trigger_fired_for_row,
+    trigger_fired_after, trigger_fired_by_delete, trigger_fired_by_insert, trigger_fired_by_truncate,
+    trigger_fired_for_row,
 };
 use pgrx::PgTupleDesc;
 use webhooks_core::definition::{Columns, Definition, OpSpec};
@@ -140,77 +140,80 @@ mod webhooks {
 /// # Safety
 /// `td` must be the trigger data PostgreSQL passed to this trigger call.
 unsafe fn capture_row(td: &pg_sys::TriggerData) {
-    // SAFETY: `td` and the relation, tuples and trigger it points to are valid for the call, as PostgreSQL passes them.
+    // SAFETY: `td` and the relation, tuples and trigger it points to are valid for the call, as
+    // PostgreSQL passes them.
     unsafe {
-    let event = td.tg_event;
-    if !trigger_fired_for_row(event) || !trigger_fired_after(event) || trigger_fired_by_truncate(event) {
-        error!("webhooks.capture() must be fired AFTER INSERT, UPDATE or DELETE FOR EACH ROW");
-    }
-    let trigger = &*td.tg_trigger;
-    let rel = td.tg_relation;
-    let tupdesc = (*rel).rd_att;
+        let event = td.tg_event;
+        if !trigger_fired_for_row(event) || !trigger_fired_after(event) || trigger_fired_by_truncate(event) {
+            error!("webhooks.capture() must be fired AFTER INSERT, UPDATE or DELETE FOR EACH ROW");
+        }
+        let trigger = &*td.tg_trigger;
+        let rel = td.tg_relation;
+        let tupdesc = (*rel).rd_att;
 
-    sweep_stale();
-    let have = COMPILED.with(|c| c.borrow().contains_key(&trigger.tgoid));
-    if !have {
-        let compiled = compile(trigger, rel);
-        COMPILED.with(|c| c.borrow_mut().insert(trigger.tgoid, Rc::new(compiled)));
-    }
+        sweep_stale();
+        let have = COMPILED.with(|c| c.borrow().contains_key(&trigger.tgoid));
+        if !have {
+            let compiled = compile(trigger, rel);
+            COMPILED.with(|c| c.borrow_mut().insert(trigger.tgoid, Rc::new(compiled)));
+        }
 
-    // Not borrowed from the map while the event is built: to_jsonb may run
-    // SQL (a type's cast to json), which may fire this trigger again.
-    let e = COMPILED.with(|c| c.borrow()[&trigger.tgoid].clone());
-    {
-        let (op, shape, old, new) = if trigger_fired_by_insert(event) {
-            (c"INSERT", &e.insert, std::ptr::null_mut(), td.tg_trigtuple)
-        } else if trigger_fired_by_delete(event) {
-            (c"DELETE", &e.delete, td.tg_trigtuple, std::ptr::null_mut())
-        } else {
-            if e.update.is_none() || !e.watched.iter().any(|w| w.changed(td.tg_trigtuple, td.tg_newtuple, tupdesc)) {
-                return;
-            }
-            (c"UPDATE", &e.update, td.tg_trigtuple, td.tg_newtuple)
-        };
-        let Some(shape) = shape else { return };
-        let deform = |tuple: pg_sys::HeapTuple| (!tuple.is_null()).then(|| Row::deform(tuple, tupdesc));
-        let payload = payload::build(op, deform(old).as_ref(), deform(new).as_ref(), shape);
-        event_log::append(&event_log::Event {
-            id: event_log::new_event_id(),
-            trigger_name: e.names[0],
-            schema_name: e.names[1],
-            table_name: e.names[2],
-            payload,
-        });
-        crate::wake::note_event_written();
-    }
+        // Not borrowed from the map while the event is built: to_jsonb may run
+        // SQL (a type's cast to json), which may fire this trigger again.
+        let e = COMPILED.with(|c| c.borrow()[&trigger.tgoid].clone());
+        {
+            let (op, shape, old, new) = if trigger_fired_by_insert(event) {
+                (c"INSERT", &e.insert, std::ptr::null_mut(), td.tg_trigtuple)
+            } else if trigger_fired_by_delete(event) {
+                (c"DELETE", &e.delete, td.tg_trigtuple, std::ptr::null_mut())
+            } else {
+                if e.update.is_none() || !e.watched.iter().any(|w| w.changed(td.tg_trigtuple, td.tg_newtuple, tupdesc))
+                {
+                    return;
+                }
+                (c"UPDATE", &e.update, td.tg_trigtuple, td.tg_newtuple)
+            };
+            let Some(shape) = shape else { return };
+            let deform = |tuple: pg_sys::HeapTuple| (!tuple.is_null()).then(|| Row::deform(tuple, tupdesc));
+            let payload = payload::build(op, deform(old).as_ref(), deform(new).as_ref(), shape);
+            event_log::append(&event_log::Event {
+                id: event_log::new_event_id(),
+                trigger_name: e.names[0],
+                schema_name: e.names[1],
+                table_name: e.names[2],
+                payload,
+            });
+            crate::wake::note_event_written();
+        }
     }
 }
 
 impl Watched {
-///
-/// # Safety
-/// `old` and `new` must be tuples of `tupdesc`.
+    ///
+    /// # Safety
+    /// `old` and `new` must be tuples of `tupdesc`.
     unsafe fn changed(&self, old: pg_sys::HeapTuple, new: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> bool {
-    // SAFETY: heap_getattr reads attributes of tuples of this descriptor; the equality function takes two values of the column's type.
-    unsafe {
-        let mut old_null = false;
-        let mut new_null = false;
-        let a = pgrx::pg_sys::heap_getattr(old, self.attnum as _, tupdesc, &mut old_null);
-        let b = pgrx::pg_sys::heap_getattr(new, self.attnum as _, tupdesc, &mut new_null);
-        match (old_null, new_null) {
-            (true, true) => false,
-            (true, false) | (false, true) => true,
-            (false, false) => {
-                if !self.eq.is_null() {
-                    let eq = pg_sys::FunctionCall2Coll(self.eq, self.collation, a, b);
-                    eq.value() == 0
-                } else {
-                    !same_image(a, b, self.typlen, self.typbyval)
+        // SAFETY: heap_getattr reads attributes of tuples of this descriptor; the equality function
+        // takes two values of the column's type.
+        unsafe {
+            let mut old_null = false;
+            let mut new_null = false;
+            let a = pgrx::pg_sys::heap_getattr(old, self.attnum as _, tupdesc, &mut old_null);
+            let b = pgrx::pg_sys::heap_getattr(new, self.attnum as _, tupdesc, &mut new_null);
+            match (old_null, new_null) {
+                (true, true) => false,
+                (true, false) | (false, true) => true,
+                (false, false) => {
+                    if !self.eq.is_null() {
+                        let eq = pg_sys::FunctionCall2Coll(self.eq, self.collation, a, b);
+                        eq.value() == 0
+                    } else {
+                        !same_image(a, b, self.typlen, self.typbyval)
+                    }
                 }
             }
         }
-        }
-}
+    }
 }
 
 /// Binary equality for types without an equality operator (json, point...):
@@ -219,25 +222,29 @@ impl Watched {
 /// # Safety
 /// `a` and `b` must be non-null values of one type with this length and passing convention.
 unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, typlen: i16, typbyval: bool) -> bool {
-    // SAFETY: values of the given length and convention are read within their bounds (varlenas after detoasting).
+    // SAFETY: values of the given length and convention are read within their bounds (varlenas
+    // after detoasting).
     unsafe {
-    if typbyval {
-        return a == b;
-    }
-    match typlen {
-        -1 => {
-            let va = pg_sys::pg_detoast_datum(a.cast_mut_ptr());
-            let vb = pg_sys::pg_detoast_datum(b.cast_mut_ptr());
-            let la = pgrx::varsize_any(va);
-            let lb = pgrx::varsize_any(vb);
-            la == lb && std::slice::from_raw_parts(va as *const u8, la) == std::slice::from_raw_parts(vb as *const u8, lb)
+        if typbyval {
+            return a == b;
         }
-        -2 => CStr::from_ptr(a.cast_mut_ptr()) == CStr::from_ptr(b.cast_mut_ptr()),
-        n => {
-            let n = n as usize;
-            std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), n) == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), n)
+        match typlen {
+            -1 => {
+                let va = pg_sys::pg_detoast_datum(a.cast_mut_ptr());
+                let vb = pg_sys::pg_detoast_datum(b.cast_mut_ptr());
+                let la = pgrx::varsize_any(va);
+                let lb = pgrx::varsize_any(vb);
+                la == lb
+                    && std::slice::from_raw_parts(va as *const u8, la)
+                        == std::slice::from_raw_parts(vb as *const u8, lb)
+            }
+            -2 => CStr::from_ptr(a.cast_mut_ptr()) == CStr::from_ptr(b.cast_mut_ptr()),
+            n => {
+                let n = n as usize;
+                std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), n)
+                    == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), n)
+            }
         }
-    }
     }
 }
 
@@ -246,112 +253,119 @@ unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, typlen: i16, typbyval: 
 /// # Safety
 /// `trigger` and `rel` must be the firing trigger and relation.
 unsafe fn compile(trigger: &pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled {
-    // SAFETY: the trigger's arguments and the relation's descriptor are valid for the call; the memory context created here is owned by the result.
+    // SAFETY: the trigger's arguments and the relation's descriptor are valid for the call; the
+    // memory context created here is owned by the result.
     unsafe {
-    if trigger.tgnargs != 1 {
-        error!("webhooks.capture() takes the event trigger's name as its one argument");
-    }
-    let name = CStr::from_ptr(*trigger.tgargs).to_string_lossy().into_owned();
-    let owner = catalog::extension_owner();
-    let relid = (*rel).rd_id;
-    let stored = catalog::as_owner(owner, || definitions::definition(&name));
-    let Some(stored) = stored else {
-        // The definition is gone but its table trigger is not (someone
-        // edited webhooks.event_triggers by hand). Capture nothing.
-        warning!("pg_webhooks: event trigger \"{name}\" has no definition; its table trigger captures nothing");
-        return Compiled::empty(relid);
-    };
-    let def = Definition::from_stored(&stored.0)
-        .unwrap_or_else(|e| error!("pg_webhooks: stored definition of \"{name}\" is invalid: {}", e.message));
+        if trigger.tgnargs != 1 {
+            error!("webhooks.capture() takes the event trigger's name as its one argument");
+        }
+        let name = CStr::from_ptr(*trigger.tgargs).to_string_lossy().into_owned();
+        let owner = catalog::extension_owner();
+        let relid = (*rel).rd_id;
+        let stored = catalog::as_owner(owner, || definitions::definition(&name));
+        let Some(stored) = stored else {
+            // The definition is gone but its table trigger is not (someone
+            // edited webhooks.event_triggers by hand). Capture nothing.
+            warning!("pg_webhooks: event trigger \"{name}\" has no definition; its table trigger captures nothing");
+            return Compiled::empty(relid);
+        };
+        let def = Definition::from_stored(&stored.0)
+            .unwrap_or_else(|e| error!("pg_webhooks: stored definition of \"{name}\" is invalid: {}", e.message));
 
-    let tupdesc = PgTupleDesc::from_pg_unchecked((*rel).rd_att);
-    let attnum_of = |col: &str| -> i16 {
-        for i in 0..tupdesc.len() {
-            let att = tupdesc.get(i).unwrap();
-            if !att.attisdropped && att.name() == col {
-                return att.attnum;
+        let tupdesc = PgTupleDesc::from_pg_unchecked((*rel).rd_att);
+        let attnum_of = |col: &str| -> i16 {
+            for i in 0..tupdesc.len() {
+                let att = tupdesc.get(i).unwrap();
+                if !att.attisdropped && att.name() == col {
+                    return att.attnum;
+                }
+            }
+            error!(
+                "pg_webhooks: column \"{col}\" named by event trigger \"{name}\" does not exist in {}",
+                relation_name(rel)
+            );
+        };
+        // Resolve every listed column now, so a broken definition fails loudly.
+        for col in def.listed_columns() {
+            attnum_of(&col);
+        }
+
+        let mut watched = Vec::new();
+        if let Some(update) = &def.update {
+            let attnums: Vec<i16> = match &update.columns {
+                Columns::All => (0..tupdesc.len())
+                    .map(|i| tupdesc.get(i).unwrap())
+                    .filter(|a| !a.attisdropped)
+                    .map(|a| a.attnum)
+                    .collect(),
+                Columns::List(cols) => cols.iter().map(|c| attnum_of(c)).collect(),
+            };
+            for attnum in attnums {
+                let att = tupdesc.get(attnum as usize - 1).unwrap();
+                let tc = pg_sys::lookup_type_cache(att.atttypid, pg_sys::TYPECACHE_EQ_OPR_FINFO as i32);
+                let eq = if (*tc).eq_opr_finfo.fn_oid != pg_sys::Oid::INVALID {
+                    &mut (*tc).eq_opr_finfo as *mut pg_sys::FmgrInfo
+                } else {
+                    std::ptr::null_mut()
+                };
+                watched.push(Watched {
+                    attnum,
+                    collation: att.attcollation,
+                    typlen: att.attlen,
+                    typbyval: att.attbyval,
+                    eq,
+                });
             }
         }
-        error!(
-            "pg_webhooks: column \"{col}\" named by event trigger \"{name}\" does not exist in {}",
-            relation_name(rel)
-        );
-    };
-    // Resolve every listed column now, so a broken definition fails loudly.
-    for col in def.listed_columns() {
-        attnum_of(&col);
-    }
 
-    let mut watched = Vec::new();
-    if let Some(update) = &def.update {
-        let attnums: Vec<i16> = match &update.columns {
-            Columns::All => (0..tupdesc.len())
-                .map(|i| tupdesc.get(i).unwrap())
-                .filter(|a| !a.attisdropped)
-                .map(|a| a.attnum)
-                .collect(),
-            Columns::List(cols) => cols.iter().map(|c| attnum_of(c)).collect(),
+        let mut compiled = Compiled::empty(relid);
+        let cxt = compiled.cxt;
+        let shape = |spec: &Option<OpSpec>| -> Option<RowShape> {
+            Some(match &spec.as_ref()?.payload {
+                Columns::All => RowShape::new((*rel).rd_att, None, cxt),
+                Columns::List(cols) => RowShape::new((*rel).rd_att, Some(cols), cxt),
+            })
         };
-        for attnum in attnums {
-            let att = tupdesc.get(attnum as usize - 1).unwrap();
-            let tc = pg_sys::lookup_type_cache(att.atttypid, pg_sys::TYPECACHE_EQ_OPR_FINFO as i32);
-            let eq = if (*tc).eq_opr_finfo.fn_oid != pg_sys::Oid::INVALID {
-                &mut (*tc).eq_opr_finfo as *mut pg_sys::FmgrInfo
-            } else {
-                std::ptr::null_mut()
-            };
-            watched.push(Watched { attnum, collation: att.attcollation, typlen: att.attlen, typbyval: att.attbyval, eq });
+        compiled.insert = shape(&def.insert);
+        compiled.update = shape(&def.update);
+        compiled.delete = shape(&def.delete);
+        compiled.watched = watched;
+        let saved = pg_sys::MemoryContextSwitchTo(compiled.cxt);
+        for (i, text) in [&def.name, &def.table.schema, &def.table.name].into_iter().enumerate() {
+            let text = CString::new(text.as_str()).expect("names have no NUL");
+            compiled.names[i] = pg_sys::Datum::from(pg_sys::cstring_to_text(text.as_ptr()));
         }
-    }
-
-    let mut compiled = Compiled::empty(relid);
-    let cxt = compiled.cxt;
-    let shape = |spec: &Option<OpSpec>| -> Option<RowShape> {
-        Some(match &spec.as_ref()?.payload {
-            Columns::All => RowShape::new((*rel).rd_att, None, cxt),
-            Columns::List(cols) => RowShape::new((*rel).rd_att, Some(cols), cxt),
-        })
-    };
-    compiled.insert = shape(&def.insert);
-    compiled.update = shape(&def.update);
-    compiled.delete = shape(&def.delete);
-    compiled.watched = watched;
-    let saved = pg_sys::MemoryContextSwitchTo(compiled.cxt);
-    for (i, text) in [&def.name, &def.table.schema, &def.table.name].into_iter().enumerate() {
-        let text = CString::new(text.as_str()).expect("names have no NUL");
-        compiled.names[i] = pg_sys::Datum::from(pg_sys::cstring_to_text(text.as_ptr()));
-    }
-    pg_sys::MemoryContextSwitchTo(saved);
-    compiled
+        pg_sys::MemoryContextSwitchTo(saved);
+        compiled
     }
 }
 
 impl Compiled {
     /// A trigger that captures nothing, with its own memory context.
-///
-/// # Safety
-/// Must be called in a backend, on its main thread.
+    ///
+    /// # Safety
+    /// Must be called in a backend, on its main thread.
     unsafe fn empty(relid: pg_sys::Oid) -> Compiled {
-    // SAFETY: creates a child of CacheMemoryContext, freed by Drop.
-    unsafe {
-        let cxt = pg_sys::AllocSetContextCreateInternal(
-            pg_sys::CacheMemoryContext,
-            c"pg_webhooks capture".as_ptr(),
-            pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
-            pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
-            pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
-        );
-        Compiled {
-            relid,
-            insert: None,
-            update: None,
-            delete: None,
-            watched: Vec::new(),
-            names: [pg_sys::Datum::from(0); 3],
-            cxt,
+        // SAFETY: creates a child of CacheMemoryContext, freed by Drop.
+        unsafe {
+            let cxt = pg_sys::AllocSetContextCreateInternal(
+                pg_sys::CacheMemoryContext,
+                c"pg_webhooks capture".as_ptr(),
+                pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+                pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+                pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
+            );
+            Compiled {
+                relid,
+                insert: None,
+                update: None,
+                delete: None,
+                watched: Vec::new(),
+                names: [pg_sys::Datum::from(0); 3],
+                cxt,
+            }
         }
-        }
-}
+    }
 }
 
 ///
@@ -360,8 +374,8 @@ impl Compiled {
 unsafe fn relation_name(rel: pg_sys::Relation) -> String {
     // SAFETY: reads the open relation's pg_class row copy.
     unsafe {
-    let nsp = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
-    let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr());
-    pgrx::spi::quote_qualified_identifier(CStr::from_ptr(nsp).to_string_lossy(), name.to_string_lossy())
+        let nsp = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
+        let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr());
+        pgrx::spi::quote_qualified_identifier(CStr::from_ptr(nsp).to_string_lossy(), name.to_string_lossy())
     }
 }

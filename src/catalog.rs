@@ -52,8 +52,11 @@ pub fn resolve_table(schema: &str, name: &str) -> Table {
     };
     if oid == pg_sys::Oid::INVALID {
         raise(
-            ApiError::new(SqlState::UndefinedTable, format!("invalid value for key \"table\": table {shown} does not exist"))
-                .with_hint("Give {\"schema\": ..., \"name\": ...} of an existing table; a bare name means schema public."),
+            ApiError::new(
+                SqlState::UndefinedTable,
+                format!("invalid value for key \"table\": table {shown} does not exist"),
+            )
+            .with_hint("Give {\"schema\": ..., \"name\": ...} of an existing table; a bare name means schema public."),
         );
     }
     // SAFETY: the relation is locked, so its pg_class row stays; each call
@@ -67,15 +70,25 @@ pub fn resolve_table(schema: &str, name: &str) -> Table {
     };
     if kind != pg_sys::RELKIND_RELATION && kind != pg_sys::RELKIND_PARTITIONED_TABLE {
         raise(
-            ApiError::new(SqlState::WrongObjectType, format!("invalid value for key \"table\": {shown} is not a table"))
-                .with_hint("Event triggers watch ordinary or partitioned tables, not views, foreign tables or other relations."),
+            ApiError::new(
+                SqlState::WrongObjectType,
+                format!("invalid value for key \"table\": {shown} is not a table"),
+            )
+            .with_hint(
+                "Event triggers watch ordinary or partitioned tables, not views, foreign tables or other relations.",
+            ),
         );
     }
     // SAFETY: a syscache lookup of the locked relation.
     if unsafe { pg_sys::get_rel_persistence(oid) } as u8 == pg_sys::RELPERSISTENCE_TEMP {
         raise(
-            ApiError::new(SqlState::WrongObjectType, format!("invalid value for key \"table\": {qualified} is a temporary table"))
-                .with_hint("A temporary table ends with its session, and no other session sees its rows; watch a permanent table."),
+            ApiError::new(
+                SqlState::WrongObjectType,
+                format!("invalid value for key \"table\": {qualified} is a temporary table"),
+            )
+            .with_hint(
+                "A temporary table ends with its session, and no other session sees its rows; watch a permanent table.",
+            ),
         );
     }
     if namespace == SCHEMA || belongs_to_extension(oid) {
@@ -112,7 +125,10 @@ pub fn check_table_privileges(table: &Table) {
         raise(
             ApiError::new(
                 SqlState::InsufficientPrivilege,
-                format!("permission denied to watch table {}: SELECT and TRIGGER privileges on it are required", table.qualified),
+                format!(
+                    "permission denied to watch table {}: SELECT and TRIGGER privileges on it are required",
+                    table.qualified
+                ),
             )
             .with_hint("Ask the table's owner to GRANT SELECT, TRIGGER on it, or run this as the owner."),
         );

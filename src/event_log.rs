@@ -147,7 +147,8 @@ pub fn append(event: &Event) {
     // No borrow is held while PostgreSQL inserts (an index expression may
     // run a query, whose end calls close()).
     INSERTING.with(|i| i.set(true));
-    // SAFETY: `open` was opened in this transaction (an abort forgets it), and the event's datums come from capture or invoke with the column types.
+    // SAFETY: `open` was opened in this transaction (an abort forgets it), and the event's datums
+    // come from capture or invoke with the column types.
     unsafe { open.insert(event) };
     INSERTING.with(|i| i.set(false));
 }
@@ -164,113 +165,125 @@ fn close() {
 }
 
 impl Open {
-///
-/// # Safety
-/// Must be called inside a transaction.
+    ///
+    /// # Safety
+    /// Must be called inside a transaction.
     unsafe fn new() -> Open {
-    // SAFETY: opens the table inside the current transaction, with the transaction's resource owner and memory, which outlive the handle (closed by close() or forgotten at abort).
-    unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"webhooks".as_ptr(), true);
-        let relid = if nsp == pg_sys::InvalidOid {
-            pg_sys::InvalidOid
-        } else {
-            pg_sys::get_relname_relid(c"event_log".as_ptr(), nsp)
-        };
-        if relid == pg_sys::InvalidOid {
-            error!("pg_webhooks: table webhooks.event_log does not exist; is the extension installed in this database?");
-        }
-        // Owned by the transaction and allocated in its memory, not the
-        // statement's: a capture may first run deep inside a nested query.
-        let saved_owner = pg_sys::CurrentResourceOwner;
-        pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
-        let saved_cxt = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
-
-        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        let tupdesc = (*rel).rd_att;
-        let natts = (*tupdesc).natts as usize;
-        let attrs = (*tupdesc).attrs.as_slice(natts);
-        let mut cols: Vec<Col> = Vec::with_capacity(natts);
-        for att in attrs {
-            if att.attisdropped {
-                cols.push(Col::Unknown);
-                continue;
-            }
-            let name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy();
-            let (col, typ) = Col::of(&name);
-            if col != Col::Unknown && att.atttypid != typ {
-                error!("pg_webhooks: column webhooks.event_log.{name} has an unexpected type; reinstall the extension");
-            }
-            cols.push(col);
-        }
-        let estate = pg_sys::CreateExecutorState();
-        let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
-        (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
-        pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
-        pg_sys::ExecOpenIndices(rri, false);
-        let slot = pg_sys::MakeSingleTupleTableSlot(tupdesc, &pg_sys::TTSOpsHeapTuple);
-
-        pg_sys::MemoryContextSwitchTo(saved_cxt);
-        pg_sys::CurrentResourceOwner = saved_owner;
-        Open { rel, estate, rri, slot, cols: cols.into() }
-        }
-}
-
-///
-/// # Safety
-/// `self` must be open in the current transaction, and the event's datums of the right types.
-    unsafe fn insert(&self, event: &Event) {
-    // SAFETY: the relation, executor state and slot were made for this table in this transaction; the datums are of the column types checked when it was opened.
-    unsafe {
-        let now = pg_sys::GetCurrentTransactionStartTimestamp();
-        let n = self.cols.len();
-        let mut values = vec![pg_sys::Datum::from(0); n];
-        let mut nulls = vec![false; n];
-        let id = event.id.into_datum().unwrap();
-        for (i, col) in self.cols.iter().enumerate() {
-            values[i] = match col {
-                Col::Id => id,
-                Col::TriggerName => event.trigger_name,
-                Col::SchemaName => event.schema_name,
-                Col::TableName => event.table_name,
-                Col::Payload => event.payload,
-                Col::Delivered | Col::Error | Col::Archived => false.into(),
-                Col::Tries => 0i32.into(),
-                Col::CreatedAt | Col::NextRetryAt => now.into(),
-                Col::Locked | Col::Unknown => {
-                    nulls[i] = true;
-                    pg_sys::Datum::from(0)
-                }
+        // SAFETY: opens the table inside the current transaction, with the transaction's resource
+        // owner and memory, which outlive the handle (closed by close() or forgotten at abort).
+        unsafe {
+            let nsp = pg_sys::get_namespace_oid(c"webhooks".as_ptr(), true);
+            let relid = if nsp == pg_sys::InvalidOid {
+                pg_sys::InvalidOid
+            } else {
+                pg_sys::get_relname_relid(c"event_log".as_ptr(), nsp)
             };
-        }
-        let tuple = pg_sys::heap_form_tuple((*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
-        pg_sys::simple_heap_insert(self.rel, tuple);
-        pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
-        pg_sys::ExecInsertIndexTuples(self.rri, self.slot, self.estate, false, false, std::ptr::null_mut(), std::ptr::null_mut());
-        pg_sys::ExecClearTuple(self.slot);
-        let econtext = (*self.estate).es_per_tuple_exprcontext;
-        if !econtext.is_null() {
-            pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
-        }
-        pg_sys::heap_freetuple(tuple);
-        }
-}
+            if relid == pg_sys::InvalidOid {
+                error!("pg_webhooks: table webhooks.event_log does not exist; is the extension installed in this database?");
+            }
+            // Owned by the transaction and allocated in its memory, not the
+            // statement's: a capture may first run deep inside a nested query.
+            let saved_owner = pg_sys::CurrentResourceOwner;
+            pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
+            let saved_cxt = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
 
-///
-/// # Safety
-/// `self` must be open in the current transaction.
-    unsafe fn close(self) {
-    // SAFETY: releases exactly what new() made, under the same resource owner.
-    unsafe {
-        let saved_owner = pg_sys::CurrentResourceOwner;
-        pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
-        pg_sys::ExecDropSingleTupleTableSlot(self.slot);
-        pg_sys::ExecCloseIndices(self.rri);
-        // The lock stays until the transaction ends, as for any INSERT.
-        pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        pg_sys::FreeExecutorState(self.estate);
-        pg_sys::CurrentResourceOwner = saved_owner;
+            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let tupdesc = (*rel).rd_att;
+            let natts = (*tupdesc).natts as usize;
+            let attrs = (*tupdesc).attrs.as_slice(natts);
+            let mut cols: Vec<Col> = Vec::with_capacity(natts);
+            for att in attrs {
+                if att.attisdropped {
+                    cols.push(Col::Unknown);
+                    continue;
+                }
+                let name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy();
+                let (col, typ) = Col::of(&name);
+                if col != Col::Unknown && att.atttypid != typ {
+                    error!(
+                        "pg_webhooks: column webhooks.event_log.{name} has an unexpected type; reinstall the extension"
+                    );
+                }
+                cols.push(col);
+            }
+            let estate = pg_sys::CreateExecutorState();
+            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
+            (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+            pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(rri, false);
+            let slot = pg_sys::MakeSingleTupleTableSlot(tupdesc, &pg_sys::TTSOpsHeapTuple);
+
+            pg_sys::MemoryContextSwitchTo(saved_cxt);
+            pg_sys::CurrentResourceOwner = saved_owner;
+            Open { rel, estate, rri, slot, cols: cols.into() }
         }
-}
+    }
+
+    ///
+    /// # Safety
+    /// `self` must be open in the current transaction, and the event's datums of the right types.
+    unsafe fn insert(&self, event: &Event) {
+        // SAFETY: the relation, executor state and slot were made for this table in this
+        // transaction; the datums are of the column types checked when it was opened.
+        unsafe {
+            let now = pg_sys::GetCurrentTransactionStartTimestamp();
+            let n = self.cols.len();
+            let mut values = vec![pg_sys::Datum::from(0); n];
+            let mut nulls = vec![false; n];
+            let id = event.id.into_datum().unwrap();
+            for (i, col) in self.cols.iter().enumerate() {
+                values[i] = match col {
+                    Col::Id => id,
+                    Col::TriggerName => event.trigger_name,
+                    Col::SchemaName => event.schema_name,
+                    Col::TableName => event.table_name,
+                    Col::Payload => event.payload,
+                    Col::Delivered | Col::Error | Col::Archived => false.into(),
+                    Col::Tries => 0i32.into(),
+                    Col::CreatedAt | Col::NextRetryAt => now.into(),
+                    Col::Locked | Col::Unknown => {
+                        nulls[i] = true;
+                        pg_sys::Datum::from(0)
+                    }
+                };
+            }
+            let tuple = pg_sys::heap_form_tuple((*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::simple_heap_insert(self.rel, tuple);
+            pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
+            pg_sys::ExecInsertIndexTuples(
+                self.rri,
+                self.slot,
+                self.estate,
+                false,
+                false,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            pg_sys::ExecClearTuple(self.slot);
+            let econtext = (*self.estate).es_per_tuple_exprcontext;
+            if !econtext.is_null() {
+                pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+            }
+            pg_sys::heap_freetuple(tuple);
+        }
+    }
+
+    ///
+    /// # Safety
+    /// `self` must be open in the current transaction.
+    unsafe fn close(self) {
+        // SAFETY: releases exactly what new() made, under the same resource owner.
+        unsafe {
+            let saved_owner = pg_sys::CurrentResourceOwner;
+            pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+            pg_sys::ExecCloseIndices(self.rri);
+            // The lock stays until the transaction ends, as for any INSERT.
+            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::CurrentResourceOwner = saved_owner;
+        }
+    }
 }
 
 // The hooks call the next hook (or PostgreSQL's own function) directly, not
@@ -299,11 +312,11 @@ extern "C-unwind" {
 unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
     // SAFETY: the hook chain as PostgreSQL calls it, with its query.
     unsafe {
-    match PREV_EXECUTOR_END {
-        Some(prev) => prev(query),
-        None => pg_standard_executor_end(query),
-    }
-    statement_done();
+        match PREV_EXECUTOR_END {
+            Some(prev) => prev(query),
+            None => pg_standard_executor_end(query),
+        }
+        statement_done();
     }
 }
 
@@ -323,11 +336,13 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     // SAFETY: the hook chain as PostgreSQL calls it, with its arguments.
     unsafe {
-    match PREV_PROCESS_UTILITY {
-        Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-        None => pg_standard_process_utility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-    }
-    statement_done();
+        match PREV_PROCESS_UTILITY {
+            Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+            None => {
+                pg_standard_process_utility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+            }
+        }
+        statement_done();
     }
 }
 
@@ -378,7 +393,10 @@ unsafe extern "C-unwind" fn on_subxact_event(
 /// Archives the pending events of a trigger being deleted: never sent.
 pub fn archive_pending(trigger: &str) {
     spi(Spi::run_with_args(
-        concat!("UPDATE webhooks.event_log e SET archived = true WHERE e.trigger_name OPERATOR(pg_catalog.=) $1 AND ", pending!()),
+        concat!(
+            "UPDATE webhooks.event_log e SET archived = true WHERE e.trigger_name OPERATOR(pg_catalog.=) $1 AND ",
+            pending!()
+        ),
         &[trigger.into()],
     ));
 }
@@ -502,13 +520,16 @@ pub fn release_stale_locks() -> i64 {
 }
 
 /// The claim (see [`claim`]).
-const CLAIM: &str = concat!("WITH lim AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::uuid[])
+const CLAIM: &str = concat!(
+    "WITH lim AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::uuid[])
                                    AS l(name, n, after_due, after_id)),
                  due AS (
                      SELECT d.id FROM lim CROSS JOIN LATERAL (
                          SELECT e.id FROM webhooks.event_log e
                          WHERE e.trigger_name = lim.name
-                           AND ", pending!(), " AND e.locked IS NULL
+                           AND ",
+    pending!(),
+    " AND e.locked IS NULL
                            AND e.next_retry_at <= pg_catalog.now()
                            AND (e.next_retry_at, e.id) > (lim.after_due, lim.after_id)
                          ORDER BY e.next_retry_at, e.id
@@ -517,7 +538,8 @@ const CLAIM: &str = concat!("WITH lim AS (SELECT * FROM unnest($1::text[], $2::i
                  UPDATE webhooks.event_log e SET locked = pg_catalog.now()
                  FROM due WHERE e.id = due.id
                  RETURNING e.id, e.trigger_name, e.schema_name, e.table_name, e.payload::text, e.tries,
-                           pg_catalog.to_json(e.created_at) #>> '{}', e.next_retry_at");
+                           pg_catalog.to_json(e.created_at) #>> '{}', e.next_retry_at"
+);
 
 /// Claims due events: up to `limits[i]` of trigger `names[i]`, oldest due
 /// first, after `cursors[i]` when given, skipping rows another transaction
@@ -685,7 +707,8 @@ pub fn unlock(ids: Vec<pgrx::Uuid>) {
 /// on.
 pub fn cleanup(retention: &str) -> Result<i64, String> {
     let retention = retention.to_string();
-    // SAFETY: the subtransaction is begun and released or rolled back here, restoring the memory context and resource owner as PostgreSQL's PL handlers do.
+    // SAFETY: the subtransaction is begun and released or rolled back here, restoring the memory
+    // context and resource owner as PostgreSQL's PL handlers do.
     unsafe {
         let context = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;

@@ -29,22 +29,23 @@ impl JsonArg {
 
 impl FromDatum for JsonArg {
     unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<JsonArg> {
-    // SAFETY: the datum is a jsonb argument as PostgreSQL passes it.
-    unsafe {
-        if is_null {
-            return None;
+        // SAFETY: the datum is a jsonb argument as PostgreSQL passes it.
+        unsafe {
+            if is_null {
+                return None;
+            }
+            let detoasted = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+            let text =
+                direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(pg_sys::Datum::from(detoasted))])
+                    .expect("jsonb_out returns text");
+            let parsed = match text.to_str() {
+                Ok(s) => serde_json::from_str(s).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            pg_sys::pfree(text.as_ptr() as *mut std::ffi::c_void);
+            Some(JsonArg(parsed))
         }
-        let detoasted = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
-        let text = direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(pg_sys::Datum::from(detoasted))])
-            .expect("jsonb_out returns text");
-        let parsed = match text.to_str() {
-            Ok(s) => serde_json::from_str(s).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        pg_sys::pfree(text.as_ptr() as *mut std::ffi::c_void);
-        Some(JsonArg(parsed))
-        }
-}
+    }
 }
 
 // SAFETY: the SQL type is jsonb, which the argument is.
@@ -62,10 +63,10 @@ unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonArg {
         let index = arg.index();
         // SAFETY: pgrx passes an argument of this call.
         unsafe { arg.unbox_arg_using_from_datum().unwrap_or_else(|| panic!("argument {index} must not be null")) }
-}
+    }
 
     unsafe fn unbox_nullable_arg(arg: pgrx::callconv::Arg<'_, 'fcx>) -> pgrx::nullable::Nullable<Self> {
         // SAFETY: pgrx passes an argument of this call.
         unsafe { arg.unbox_arg_using_from_datum().into() }
-}
+    }
 }

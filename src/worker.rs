@@ -241,7 +241,8 @@ impl Worker {
     /// time ran out (a retry or the poll may be due); wake-ups by committing
     /// backends are seen through their counter.
     fn wait(&mut self, timeout: Duration) -> bool {
-        let events = pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
+        let events =
+            pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
         // SAFETY: the worker's own latch and pipe, on the main thread.
         let rc = unsafe {
             let rc = pg_sys::WaitLatchOrSocket(
@@ -348,7 +349,9 @@ impl Worker {
         }
         let released = event_log::release_stale_locks();
         if released > 0 {
-            log!("pg_webhooks: released {released} event locks left by a previous worker; they will be delivered again");
+            log!(
+                "pg_webhooks: released {released} event locks left by a previous worker; they will be delivered again"
+            );
         }
         self.ready = true;
         true
@@ -377,11 +380,14 @@ impl Worker {
                         lane.def = def;
                     }
                     None => {
-                        let lane = Lane { version, def, env_policy: restricted.clone(), maybe_more: true, cursor: None };
+                        let lane =
+                            Lane { version, def, env_policy: restricted.clone(), maybe_more: true, cursor: None };
                         self.lanes.insert(name, lane);
                     }
                 },
-                Err(e) => warning!("pg_webhooks: event trigger \"{name}\" has an invalid stored definition: {}", e.message),
+                Err(e) => {
+                    warning!("pg_webhooks: event trigger \"{name}\" has an invalid stored definition: {}", e.message)
+                }
             }
         }
         for t in &states {
@@ -481,7 +487,13 @@ impl Worker {
         if let Some(error) = request.unsendable {
             // Fails without a request; recorded with the next outcomes.
             self.oldest_outcome.get_or_insert_with(Instant::now);
-            self.outcomes.push(Outcome { tag, response: None, error: Some(error), started: SystemTime::now(), duration: Duration::ZERO });
+            self.outcomes.push(Outcome {
+                tag,
+                response: None,
+                error: Some(error),
+                started: SystemTime::now(),
+                duration: Duration::ZERO,
+            });
             return;
         }
         let attempt = Attempt { tag, url: request.url, headers: request.headers, body: request.body, timeout };

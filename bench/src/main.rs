@@ -43,9 +43,25 @@ fn main() {
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let sizes = if quick {
-        Sizes { bulk_rows: 20_000, pgbench_secs: 3, reps: 1, pgbench_reps: 1, backlog: 10_000, big_backlog: 100_000, latency_events: 200 }
+        Sizes {
+            bulk_rows: 20_000,
+            pgbench_secs: 3,
+            reps: 1,
+            pgbench_reps: 1,
+            backlog: 10_000,
+            big_backlog: 100_000,
+            latency_events: 200,
+        }
     } else {
-        Sizes { bulk_rows: 200_000, pgbench_secs: 10, reps: 5, pgbench_reps: 3, backlog: 100_000, big_backlog: 1_000_000, latency_events: 2000 }
+        Sizes {
+            bulk_rows: 200_000,
+            pgbench_secs: 10,
+            reps: 5,
+            pgbench_reps: 3,
+            backlog: 100_000,
+            big_backlog: 1_000_000,
+            latency_events: 2000,
+        }
     };
     let started = Instant::now();
     let receiver = FastReceiver::start(0);
@@ -61,7 +77,8 @@ fn main() {
     let capture = if run("capture") { capture_overhead(&cluster, &sizes) } else { String::new() };
     // Its tables would keep autovacuum busy during the delivery runs.
     admin.batch_execute("DROP DATABASE capture WITH (FORCE)").unwrap();
-    let (delivery, backlog) = if run("delivery") { delivery_runs(&cluster, &receiver, &sizes) } else { Default::default() };
+    let (delivery, backlog) =
+        if run("delivery") { delivery_runs(&cluster, &receiver, &sizes) } else { Default::default() };
     let latency = if run("latency") { latency_run(&cluster, &receiver, &sizes) } else { String::new() };
 
     writeln!(report, "## Results").unwrap();
@@ -340,10 +357,7 @@ fn drain(c: &mut Client, r: &FastReceiver, events: i64) -> Drain {
     peak = peak.max(status_mb(pid, "RssAnon:"));
     let hwm_mb = status_mb(pid, "VmHWM:");
     let logs: i64 = c
-        .query_one(
-            "SELECT count(DISTINCT event_id) FROM webhooks.event_invocation_logs WHERE status = 200",
-            &[],
-        )
+        .query_one("SELECT count(DISTINCT event_id) FROM webhooks.event_invocation_logs WHERE status = 200", &[])
         .unwrap()
         .get(0);
     assert_eq!(logs, events, "every event has its invocation log");
@@ -388,25 +402,27 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> (String, Str
         &[&json!({"name": "bench", "table": "d", "webhook": r.url(), "insert": {"columns": "*"}})],
     )
     .unwrap();
-    let concurrency: i64 = c.query_one("SELECT current_setting('webhooks.max_concurrent_deliveries')::int8", &[]).unwrap().get(0);
+    let concurrency: i64 =
+        c.query_one("SELECT current_setting('webhooks.max_concurrent_deliveries')::int8", &[]).unwrap().get(0);
     let batch: i64 = c.query_one("SELECT current_setting('webhooks.batch_size')::int8", &[]).unwrap().get(0);
 
     let small = drain(&mut c, r, s.backlog);
-    eprintln!("  {} events in {:.1} s: {:.0}/s, private {:.1} MB, hwm {:.1} MB", small.events, small.secs, small.rate, small.peak_mb, small.hwm_mb);
+    eprintln!(
+        "  {} events in {:.1} s: {:.0}/s, private {:.1} MB, hwm {:.1} MB",
+        small.events, small.secs, small.rate, small.peak_mb, small.hwm_mb
+    );
     // A body of the size the worker sends.
-    let sample: String = c
-        .query_one(
-            "SELECT request->>'payload' FROM webhooks.event_invocation_logs LIMIT 1",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let sample: String =
+        c.query_one("SELECT request->>'payload' FROM webhooks.event_invocation_logs LIMIT 1", &[]).unwrap().get(0);
     let raw = wrk(r, &sample, concurrency as usize, s.pgbench_secs.max(5));
     eprintln!("  wrk: {raw:.0} requests/s");
 
     eprintln!("== backlog scale");
     let big = drain(&mut c, r, s.big_backlog);
-    eprintln!("  {} events in {:.1} s: {:.0}/s, private {:.1} MB, hwm {:.1} MB", big.events, big.secs, big.rate, big.peak_mb, big.hwm_mb);
+    eprintln!(
+        "  {} events in {:.1} s: {:.0}/s, private {:.1} MB, hwm {:.1} MB",
+        big.events, big.secs, big.rate, big.peak_mb, big.hwm_mb
+    );
     // The fetch's plan with the big backlog in place (refilled, paused).
     c.batch_execute("SELECT webhooks.pause_event_trigger('bench')").unwrap();
     c.batch_execute(&format!(
@@ -460,7 +476,8 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> (String, Str
         big.rate / small.rate
     )
     .unwrap();
-    writeln!(out, "| worker peak private memory (RssAnon) | **{:.1} MB** (target: under 64 MB) |", big.peak_mb).unwrap();
+    writeln!(out, "| worker peak private memory (RssAnon) | **{:.1} MB** (target: under 64 MB) |", big.peak_mb)
+        .unwrap();
     writeln!(out, "| worker VmHWM (includes shared buffers it touched) | {:.1} MB |", big.hwm_mb).unwrap();
     writeln!(out, "\nThe fetch with {} events pending:\n\n```text\n{}\n```", s.big_backlog, plan.join("\n")).unwrap();
     (throughput, out)
@@ -471,7 +488,8 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> (String, Str
 fn latency_run(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> String {
     eprintln!("== latency");
     let mut c = cluster.connect("deliver");
-    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_webhooks; CREATE TABLE lat (id bigint PRIMARY KEY, v text)").unwrap();
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_webhooks; CREATE TABLE lat (id bigint PRIMARY KEY, v text)")
+        .unwrap();
     c.execute(
         "SELECT webhooks.create_event_trigger($1)",
         &[&json!({"name": "lat", "table": "lat", "webhook": r.url(), "insert": {"columns": "*"}})],
@@ -564,7 +582,12 @@ fn write_doc(path: &str, results: &str, quick: bool) {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let previous = std::fs::read_to_string(path).unwrap_or_default();
     let analysis = previous

@@ -253,8 +253,18 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
             .with_hint(format!("Remove \"{key}\" from the arguments.")));
         }
         const KNOWN: &[&str] = &[
-            "name", "table", "webhook", "webhook_from_env", "insert", "update", "delete", "headers",
-            "retry_conf", "replace", "enable_manual", "source",
+            "name",
+            "table",
+            "webhook",
+            "webhook_from_env",
+            "insert",
+            "update",
+            "delete",
+            "headers",
+            "retry_conf",
+            "replace",
+            "enable_manual",
+            "source",
         ];
         if !KNOWN.contains(&key.as_str()) {
             return Err(unknown_key("", key, KNOWN));
@@ -269,10 +279,12 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
             return Err(ApiError::invalid("keys \"webhook\" and \"webhook_from_env\" exclude each other")
                 .with_hint("Give exactly one of them."))
         }
-        (None, None) | (Some(Value::Null), None) | (None, Some(Value::Null)) => {
-            return Err(ApiError::invalid("one of the keys \"webhook\" or \"webhook_from_env\" is required")
-                .with_hint("Give the URL in \"webhook\", or the name of an environment variable holding it in \"webhook_from_env\"."))
-        }
+        (None, None) | (Some(Value::Null), None) | (None, Some(Value::Null)) => return Err(ApiError::invalid(
+            "one of the keys \"webhook\" or \"webhook_from_env\" is required",
+        )
+        .with_hint(
+            "Give the URL in \"webhook\", or the name of an environment variable holding it in \"webhook_from_env\".",
+        )),
         (Some(w), None) => {
             let url = expect_str("webhook", w)?;
             if check_env {
@@ -471,8 +483,11 @@ fn parse_headers(v: Option<&Value>, ctx: &Context, check_env: bool) -> ApiResult
         let name_key = format!("{at}.name");
         let name = expect_str(&name_key, required(&name_key, o.get("name"))?)?;
         if name.is_empty() || !name.bytes().all(is_token_byte) {
-            return Err(ApiError::invalid(format!("invalid value for key \"{name_key}\": {} is not a valid HTTP header name", json!(name)))
-                .with_hint("Header names are made of letters, digits and !#$%&'*+-.^_`|~, without spaces."));
+            return Err(ApiError::invalid(format!(
+                "invalid value for key \"{name_key}\": {} is not a valid HTTP header name",
+                json!(name)
+            ))
+            .with_hint("Header names are made of letters, digits and !#$%&'*+-.^_`|~, without spaces."));
         }
         if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
             return Err(ApiError::invalid(format!(
@@ -501,7 +516,9 @@ fn parse_headers(v: Option<&Value>, ctx: &Context, check_env: bool) -> ApiResult
                 HeaderValue::FromEnv(var)
             }
             (Some(_), Some(_)) => {
-                return Err(ApiError::invalid(format!("keys \"{at}.value\" and \"{at}.value_from_env\" exclude each other")))
+                return Err(ApiError::invalid(format!(
+                    "keys \"{at}.value\" and \"{at}.value_from_env\" exclude each other"
+                )))
             }
             (None, None) => {
                 return Err(ApiError::invalid(format!("key \"{at}.value\" or \"{at}.value_from_env\" is required")))
@@ -663,7 +680,10 @@ pub(crate) fn unknown_key(prefix: &str, key: &str, known: &[&str]) -> ApiError {
     let close = known.iter().find(|k| is_near(k, key));
     let hint = match close {
         Some(k) => format!("Did you mean \"{prefix}{k}\"?"),
-        None => format!("Known keys here: {}.", known.iter().map(|k| format!("\"{prefix}{k}\"")).collect::<Vec<_>>().join(", ")),
+        None => format!(
+            "Known keys here: {}.",
+            known.iter().map(|k| format!("\"{prefix}{k}\"")).collect::<Vec<_>>().join(", ")
+        ),
     };
     ApiError::invalid(format!("unknown key \"{prefix}{key}\"")).with_hint(hint)
 }
@@ -857,7 +877,11 @@ mod tests {
     fn webhook_rules() {
         assert!(parse(with("webhook", json!("https://x.example/a?b=c"))).is_ok());
         let a = parse(with("webhook", json!("https://{{HOOK_HOST}}/in"))).unwrap();
-        assert_eq!(a.definition.webhook, Webhook::Url("https://{{HOOK_HOST}}/in".into()), "the template is stored, not its value");
+        assert_eq!(
+            a.definition.webhook,
+            Webhook::Url("https://{{HOOK_HOST}}/in".into()),
+            "the template is stored, not its value"
+        );
         for bad in ["ftp://x/y", "not a url", "/relative", "http://", "mailto:a@b"] {
             let e = err(with("webhook", json!(bad)));
             assert_eq!(e.state, SqlState::InvalidParameterValue, "{bad}");
@@ -891,7 +915,10 @@ mod tests {
         let a = parse(with("update", json!({"columns": ["a", "b"], "payload": ["c"]}))).unwrap();
         assert_eq!(
             a.definition.update,
-            Some(OpSpec { columns: Columns::List(vec!["a".into(), "b".into()]), payload: Columns::List(vec!["c".into()]) })
+            Some(OpSpec {
+                columns: Columns::List(vec!["a".into(), "b".into()]),
+                payload: Columns::List(vec!["c".into()])
+            })
         );
         let e = err(with("insert", json!({"columns": []})));
         assert_eq!(e.message, "invalid value for key \"insert.columns\": the column list is empty");
@@ -923,10 +950,16 @@ mod tests {
 
     #[test]
     fn header_rules() {
-        let a = parse(with("headers", json!([{"name": "X-A", "value": "1"}, {"name": "X-B", "value_from_env": "SECRET"}]))).unwrap();
+        let a =
+            parse(with("headers", json!([{"name": "X-A", "value": "1"}, {"name": "X-B", "value_from_env": "SECRET"}])))
+                .unwrap();
         assert_eq!(a.definition.headers[1].value, HeaderValue::FromEnv("SECRET".into()));
         let e = err(with("headers", json!([{"name": "X Bad", "value": "1"}])));
-        assert!(e.message.contains("\"headers[0].name\"") && e.message.contains("not a valid HTTP header name"), "{}", e.message);
+        assert!(
+            e.message.contains("\"headers[0].name\"") && e.message.contains("not a valid HTTP header name"),
+            "{}",
+            e.message
+        );
         let e = err(with("headers", json!([{"name": "X-A", "value": "a\r\nX-Evil: 1"}])));
         assert!(e.message.contains("\"headers[0].value\"") && e.message.contains("CR, LF"), "{}", e.message);
         let e = err(with("headers", json!([{"name": "X-A", "value": "a\nb"}])));
@@ -1023,7 +1056,10 @@ mod tests {
         ] {
             let e = restricted(args, "OTHER, X_*").unwrap_err();
             assert_eq!(e.state, SqlState::InsufficientPrivilege, "{e:?}");
-            assert!(e.message.contains(&format!("\"{key}\"")) && e.message.contains("webhooks.allowed_env_vars"), "{e:?}");
+            assert!(
+                e.message.contains(&format!("\"{key}\"")) && e.message.contains("webhooks.allowed_env_vars"),
+                "{e:?}"
+            );
             assert!(!e.message.contains("not set"), "{e:?}");
         }
     }
@@ -1036,14 +1072,21 @@ mod tests {
         assert_eq!(parse_create_args(&ok, &ctx).unwrap().definition.retry_conf.timeout_sec, 120);
         let e = parse_create_args(&with("retry_conf", json!({"timeout_sec": 121})), &ctx).unwrap_err();
         assert_eq!(e.state, SqlState::InvalidParameterValue);
-        assert!(e.message.contains("\"retry_conf.timeout_sec\": 121 is more than webhooks.max_timeout (120 s)"), "{}", e.message);
+        assert!(
+            e.message.contains("\"retry_conf.timeout_sec\": 121 is more than webhooks.max_timeout (120 s)"),
+            "{}",
+            e.message
+        );
 
         let big = with("headers", json!([{"name": "X-A", "value": "v".repeat(2000)}]));
         let e = parse_create_args(&big, &ctx).unwrap_err();
         assert_eq!(e.state, SqlState::ProgramLimitExceeded);
         assert!(e.message.contains("more than webhooks.max_definition_size (1000 bytes)"), "{}", e.message);
 
-        let e = err(with("headers", json!((0..65).map(|i| json!({"name": format!("X-{i}"), "value": "1"})).collect::<Vec<_>>())));
+        let e = err(with(
+            "headers",
+            json!((0..65).map(|i| json!({"name": format!("X-{i}"), "value": "1"})).collect::<Vec<_>>()),
+        ));
         assert_eq!(e.state, SqlState::ProgramLimitExceeded);
         assert!(e.message.contains("65 headers, the limit is 64"), "{}", e.message);
         let e = err(with("webhook", json!(format!("https://h.example/{}", "a".repeat(9000)))));

@@ -29,7 +29,10 @@ fn split(template: &str) -> ApiResult<Vec<Part<'_>>> {
         }
         let after = &rest[start + 2..];
         let end = after.find("}}").ok_or_else(|| {
-            ApiError::invalid(format!("\"{{{{\" at byte {} is not closed by \"}}}}\"", template.len() - rest.len() + start))
+            ApiError::invalid(format!(
+                "\"{{{{\" at byte {} is not closed by \"}}}}\"",
+                template.len() - rest.len() + start
+            ))
         })?;
         let name = after[..end].trim();
         if !is_env_name(name) {

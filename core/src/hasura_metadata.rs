@@ -16,7 +16,10 @@ use crate::error::{ApiError, ApiResult};
 const CARRIED: &[&str] = &["webhook", "webhook_from_env", "headers", "retry_conf"];
 /// Keys pg_webhooks does not implement; the trigger is imported without them.
 const DROPPED: &[(&str, &str)] = &[
-    ("request_transform", "request transforms are not supported by pg_webhooks; the payload is sent as Hasura's default"),
+    (
+        "request_transform",
+        "request transforms are not supported by pg_webhooks; the payload is sent as Hasura's default",
+    ),
     ("response_transform", "response transforms are not supported by pg_webhooks"),
     ("cleanup_config", "use webhooks.cleanup_event_logs() or the webhooks.retention setting instead"),
     ("trigger_on_replication", "pg_webhooks triggers never fire for replicated rows"),
@@ -42,9 +45,12 @@ pub fn parse(metadata: &Value) -> ApiResult<Import> {
     let mut out = Import { creates: Vec::new(), unsupported: Vec::new() };
     match (root.get("sources"), root.get("tables")) {
         (Some(sources), _) => {
-            let sources = sources
-                .as_array()
-                .ok_or_else(|| ApiError::invalid(format!("invalid value for key \"sources\": expected a list, got {}", describe(sources))))?;
+            let sources = sources.as_array().ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "invalid value for key \"sources\": expected a list, got {}",
+                    describe(sources)
+                ))
+            })?;
             for (i, source) in sources.iter().enumerate() {
                 let name = source.get("name").and_then(Value::as_str).unwrap_or("");
                 let kind = source.get("kind").and_then(Value::as_str).unwrap_or("postgres");
@@ -79,17 +85,18 @@ fn count_triggers(tables: Option<&Value>) -> usize {
 
 fn tables(v: Option<&Value>, at: &str, out: &mut Import) -> ApiResult<()> {
     let Some(v) = v else { return Ok(()) };
-    let list = v
-        .as_array()
-        .ok_or_else(|| ApiError::invalid(format!("invalid value for key \"{at}\": expected a list, got {}", describe(v))))?;
+    let list = v.as_array().ok_or_else(|| {
+        ApiError::invalid(format!("invalid value for key \"{at}\": expected a list, got {}", describe(v)))
+    })?;
     for (i, t) in list.iter().enumerate() {
         let Some(triggers) = t.get("event_triggers") else { continue };
-        let table = t
-            .get("table")
-            .cloned()
-            .ok_or_else(|| ApiError::invalid(format!("key \"{at}[{i}].table\" is required")))?;
+        let table =
+            t.get("table").cloned().ok_or_else(|| ApiError::invalid(format!("key \"{at}[{i}].table\" is required")))?;
         let triggers = triggers.as_array().ok_or_else(|| {
-            ApiError::invalid(format!("invalid value for key \"{at}[{i}].event_triggers\": expected a list, got {}", describe(triggers)))
+            ApiError::invalid(format!(
+                "invalid value for key \"{at}[{i}].event_triggers\": expected a list, got {}",
+                describe(triggers)
+            ))
         })?;
         for (j, trig) in triggers.iter().enumerate() {
             out.creates.push(trigger(trig, &table, &format!("{at}[{i}].event_triggers[{j}]"), &mut out.unsupported)?);
@@ -99,9 +106,9 @@ fn tables(v: Option<&Value>, at: &str, out: &mut Import) -> ApiResult<()> {
 }
 
 fn trigger(v: &Value, table: &Value, at: &str, unsupported: &mut Vec<Value>) -> ApiResult<Value> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| ApiError::invalid(format!("invalid value for key \"{at}\": expected an object, got {}", describe(v))))?;
+    let o = v.as_object().ok_or_else(|| {
+        ApiError::invalid(format!("invalid value for key \"{at}\": expected an object, got {}", describe(v)))
+    })?;
     let name = o
         .get("name")
         .and_then(Value::as_str)
@@ -115,9 +122,9 @@ fn trigger(v: &Value, table: &Value, at: &str, unsupported: &mut Vec<Value>) -> 
         }
     }
     if let Some(def) = o.get("definition") {
-        let def = def
-            .as_object()
-            .ok_or_else(|| ApiError::invalid(format!("invalid value for key \"{at}.definition\": expected an object")))?;
+        let def = def.as_object().ok_or_else(|| {
+            ApiError::invalid(format!("invalid value for key \"{at}.definition\": expected an object"))
+        })?;
         for (k, v) in def {
             match k.as_str() {
                 "insert" | "update" | "delete" | "enable_manual" => {

@@ -189,7 +189,6 @@ fn describe_error(e: ureq::Error) -> String {
     }
 }
 
-
 /// A server and an attempt for the tests of this module and of the pool.
 #[cfg(test)]
 pub(crate) mod test_server {
@@ -236,7 +235,6 @@ pub(crate) mod test_server {
             timeout: Duration::from_millis(timeout_ms),
         }
     }
-
 }
 
 #[cfg(test)]
@@ -264,7 +262,8 @@ mod tests {
 
     #[test]
     fn redirects_are_returned_not_followed() {
-        let (url, h) = serve_once(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/elsewhere\r\nContent-Length: 0\r\n\r\n");
+        let (url, h) =
+            serve_once(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/elsewhere\r\nContent-Length: 0\r\n\r\n");
         let o = Client::new(1024).send(&attempt(&url, 5000));
         h.join().unwrap();
         assert_eq!(o.status(), Some(302));

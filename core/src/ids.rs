@@ -46,7 +46,11 @@ pub fn next_v7() -> [u8; 16] {
     } else {
         // Same (or an earlier, if the clock stepped back) millisecond: count on.
         let next = (counter + 1) & MASK74;
-        if next == 0 { (last + 1, 0) } else { (last, next) }
+        if next == 0 {
+            (last + 1, 0)
+        } else {
+            (last, next)
+        }
     };
     STATE.with(|s| s.set((ms, counter, rng)));
     let rand_a = (counter >> 62) as u16 & 0x0fff;
@@ -77,7 +81,8 @@ mod tests {
 
     #[test]
     fn threads_do_not_collide() {
-        let handles: Vec<_> = (0..4).map(|_| std::thread::spawn(|| (0..5000).map(|_| next_v7()).collect::<Vec<_>>())).collect();
+        let handles: Vec<_> =
+            (0..4).map(|_| std::thread::spawn(|| (0..5000).map(|_| next_v7()).collect::<Vec<_>>())).collect();
         let mut all: Vec<[u8; 16]> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
         let n = all.len();
         all.sort();

@@ -249,7 +249,6 @@ pub fn block_all_signals() {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,9 +293,14 @@ mod tests {
         });
         let notified = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let n = notified.clone();
-        let pool = Pool::new(8, 8, Client::new(100), Arc::new(move || {
-            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }));
+        let pool = Pool::new(
+            8,
+            8,
+            Client::new(100),
+            Arc::new(move || {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
+        );
         for tag in 0..8 {
             pool.submit("lane", Attempt { tag, ..attempt(&url, 3000) });
         }

@@ -54,7 +54,10 @@ pub fn parse(body: &Value) -> ApiResult<Request> {
     match base {
         "bulk" => {
             let items = args.as_array().ok_or_else(|| {
-                ApiError::invalid(format!("invalid value for key \"args\" of a bulk query: expected a list of queries, got {}", describe(args)))
+                ApiError::invalid(format!(
+                    "invalid value for key \"args\" of a bulk query: expected a list of queries, got {}",
+                    describe(args)
+                ))
             })?;
             items
                 .iter()
@@ -86,11 +89,7 @@ pub fn parse(body: &Value) -> ApiResult<Request> {
     }
 }
 
-fn args_object<'a>(
-    ty: &str,
-    args: &'a Value,
-    keys: &[&str],
-) -> ApiResult<&'a serde_json::Map<String, Value>> {
+fn args_object<'a>(ty: &str, args: &'a Value, keys: &[&str]) -> ApiResult<&'a serde_json::Map<String, Value>> {
     let o = args.as_object().ok_or_else(|| {
         ApiError::invalid(format!("invalid value for key \"args\" of {ty}: expected an object, got {}", describe(args)))
     })?;
@@ -115,7 +114,10 @@ mod tests {
     #[test]
     fn every_type_and_its_v2_name() {
         let create = json!({"name": "a", "table": "t", "webhook": "http://x"});
-        assert_eq!(parse(&json!({"type": "create_event_trigger", "args": create})).unwrap(), Request::Create(create.clone()));
+        assert_eq!(
+            parse(&json!({"type": "create_event_trigger", "args": create})).unwrap(),
+            Request::Create(create.clone())
+        );
         assert_eq!(
             parse(&json!({"type": "pg_create_event_trigger", "args": create, "resource_version": 3})).unwrap(),
             Request::Create(create)

@@ -107,7 +107,10 @@ mod tests {
         let got = r.resolve(&"http://localhost:9/".parse().unwrap(), &cfg, no_timeout()).unwrap();
         assert_eq!(got.iter().copied().collect::<Vec<_>>(), vec!["10.9.9.9:9".parse().unwrap()]);
         // ... until it expires.
-        r.names.lock().unwrap().insert("localhost:9".into(), (Instant::now() - TTL, vec!["10.9.9.9:9".parse().unwrap()]));
+        r.names
+            .lock()
+            .unwrap()
+            .insert("localhost:9".into(), (Instant::now() - TTL, vec!["10.9.9.9:9".parse().unwrap()]));
         let got = r.resolve(&"http://localhost:9/".parse().unwrap(), &cfg, no_timeout()).unwrap();
         assert!(got.iter().all(|a| a.ip().is_loopback()));
         assert!(r.resolve(&"http://no-such-host.invalid/".parse().unwrap(), &cfg, no_timeout()).is_err());

@@ -93,7 +93,11 @@ mod tests {
         assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now), Some(Duration::from_secs(10)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO), "a past date means now");
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a past date means now"
+        );
         assert_eq!(parse_retry_after("99999999999999999999999", now), Some(MAX_RETRY_AFTER), "huge values are capped");
         let far = httpdate::fmt_http_date(now + Duration::from_secs(100 * 365 * 86400));
         assert_eq!(parse_retry_after(&far, now), Some(MAX_RETRY_AFTER));

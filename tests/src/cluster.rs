@@ -69,7 +69,18 @@ impl Cluster {
             "chown",
         );
         let mut initdb = as_postgres("initdb");
-        initdb.args(["-D", dir.join("data").to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"]);
+        initdb.args([
+            "-D",
+            dir.join("data").to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
         run(initdb, "initdb");
         let port = free_port();
         let conf = format!(
@@ -82,11 +93,7 @@ impl Cluster {
         let mut existing = std::fs::read_to_string(&conf_path).unwrap();
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).unwrap();
-        let c = Cluster {
-            dir,
-            port,
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
+        let c = Cluster { dir, port, extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
         c.pg_ctl_start();
         c
     }
@@ -97,7 +104,16 @@ impl Cluster {
 
     pub fn pg_ctl_start(&self) {
         let mut c = as_postgres("pg_ctl");
-        c.args(["-D", self.data().to_str().unwrap(), "-l", self.log_path().to_str().unwrap(), "-w", "-t", "60", "start"]);
+        c.args([
+            "-D",
+            self.data().to_str().unwrap(),
+            "-l",
+            self.log_path().to_str().unwrap(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ]);
         for (k, v) in SERVER_ENV {
             c.env(k, v);
         }

@@ -67,7 +67,11 @@ pub fn sql_error(client: &mut postgres::Client, sql: &str) -> SqlError {
         Ok(()) => panic!("expected an error from: {sql}"),
         Err(e) => {
             let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
-            SqlError { code: db.code().code().to_string(), message: db.message().to_string(), hint: db.hint().map(str::to_string) }
+            SqlError {
+                code: db.code().code().to_string(),
+                message: db.message().to_string(),
+                hint: db.hint().map(str::to_string),
+            }
         }
     }
 }

@@ -205,7 +205,13 @@ fn serve(stream: TcpStream, state: Arc<(Mutex<State>, Condvar)>, stop: Arc<Atomi
                 Err(_) => return,
             }
         }
-        let req = Received { method, path: path.clone(), headers: headers.clone(), body: String::from_utf8_lossy(&body).into_owned(), at: Instant::now() };
+        let req = Received {
+            method,
+            path: path.clone(),
+            headers: headers.clone(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            at: Instant::now(),
+        };
         let attempt_of_event = {
             let (lock, cv) = &*state;
             let mut s = lock.lock().unwrap();
@@ -242,7 +248,13 @@ fn respond(out: &mut TcpStream, status: u16, extra: &str, body: &str) -> bool {
 }
 
 /// Answers one request; false when the connection is done.
-fn answer(out: &mut TcpStream, path: &str, attempt_of_event: usize, stop: &AtomicBool, headers: &[(String, String)]) -> bool {
+fn answer(
+    out: &mut TcpStream,
+    path: &str,
+    attempt_of_event: usize,
+    stop: &AtomicBool,
+    headers: &[(String, String)],
+) -> bool {
     let event_hash = headers
         .iter()
         .find(|(n, _)| n == "webhook-id")
@@ -292,7 +304,9 @@ fn answer(out: &mut TcpStream, path: &str, attempt_of_event: usize, stop: &Atomi
             let body = "y".repeat(10 * 1024 * 1024);
             respond(out, 200, "", &body)
         }
-        "retry-after-raw" => respond(out, 503, &format!("Retry-After: {}\r\n", seg.get(1).copied().unwrap_or("")), "later"),
+        "retry-after-raw" => {
+            respond(out, 503, &format!("Retry-After: {}\r\n", seg.get(1).copied().unwrap_or("")), "later")
+        }
         "flaky" => {
             if attempt_of_event == 1 && event_hash % 100 < num(1) {
                 respond(out, 500, "", "flaky")

@@ -65,8 +65,12 @@ fn create_returns_and_stores_the_normalized_definition() {
         (r.get(0), r.get(1))
     };
     assert_eq!((schema.as_str(), table.as_str()), ("public", "users"));
-    let tg: String = one(&mut c, "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'pg_webhooks_users_all'");
-    assert!(tg.contains("AFTER INSERT ON public.users FOR EACH ROW EXECUTE FUNCTION webhooks.capture('users_all')"), "{tg}");
+    let tg: String =
+        one(&mut c, "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'pg_webhooks_users_all'");
+    assert!(
+        tg.contains("AFTER INSERT ON public.users FOR EACH ROW EXECUTE FUNCTION webhooks.capture('users_all')"),
+        "{tg}"
+    );
 }
 
 #[test]
@@ -91,8 +95,12 @@ fn every_key_is_accepted_and_kept() {
     want.as_object_mut().unwrap().remove("source");
     assert_eq!(got, want);
     let stored: String = one(&mut c, "SELECT definition::text FROM webhooks.event_triggers");
-    assert!(!stored.contains("s3cr3t-value") && !stored.contains("127.0.0.1:9/from-env"), "no env value is stored: {stored}");
-    let tg: String = one(&mut c, "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'pg_webhooks_full-Trigger_1'");
+    assert!(
+        !stored.contains("s3cr3t-value") && !stored.contains("127.0.0.1:9/from-env"),
+        "no env value is stored: {stored}"
+    );
+    let tg: String =
+        one(&mut c, "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'pg_webhooks_full-Trigger_1'");
     assert!(tg.contains("AFTER INSERT OR DELETE OR UPDATE ON public.users"), "{tg}");
 }
 
@@ -101,7 +109,12 @@ fn webhook_template_is_resolved_from_the_server_environment() {
     let mut c = setup("webhook_template");
     let got = create(&mut c, with("webhook", json!("http://{{PGWH_TEST_HOST}}/x")));
     assert_eq!(got["webhook"], json!("http://{{PGWH_TEST_HOST}}/x"), "the template is stored, not the value");
-    assert_sql_error(&mut c, &create_sql(&with("webhook", json!("http://{{PGWH_NOPE}}/x"))), "22023", &["PGWH_NOPE", "\"webhook\""]);
+    assert_sql_error(
+        &mut c,
+        &create_sql(&with("webhook", json!("http://{{PGWH_NOPE}}/x"))),
+        "22023",
+        &["PGWH_NOPE", "\"webhook\""],
+    );
 }
 
 #[test]
@@ -124,7 +137,10 @@ fn bad_arguments_raise_22023_naming_the_key() {
         (with("insert", json!({"payload": "*"})), &["\"insert.columns\" is required"]),
         (with("insert", json!({"columns": "all"})), &["\"insert.columns\""]),
         (with("update", json!("yes")), &["\"update\""]),
-        (with("headers", json!([{"name": "X Bad Name", "value": "v"}])), &["\"headers[0].name\"", "not a valid HTTP header name"]),
+        (
+            with("headers", json!([{"name": "X Bad Name", "value": "v"}])),
+            &["\"headers[0].name\"", "not a valid HTTP header name"],
+        ),
         (with("headers", json!([{"name": "X-A", "value": "a\r\nX-Injected: 1"}])), &["\"headers[0].value\"", "CR, LF"]),
         (with("headers", json!([{"name": "X-A", "value_from_env": "PGWH_TEST_CRLF"}])), &["CR, LF"]),
         (with("headers", json!([{"name": "X-A", "value_from_env": "PGWH_NOT_SET"}])), &["\"PGWH_NOT_SET\" is not set"]),
@@ -144,7 +160,12 @@ fn bad_arguments_raise_22023_naming_the_key() {
     no_webhook.as_object_mut().unwrap().remove("webhook");
     assert_sql_error(&mut c, &create_sql(&no_webhook), "22023", &["\"webhook\" or \"webhook_from_env\" is required"]);
     no_webhook["webhook_from_env"] = json!("PGWH_NOT_SET");
-    assert_sql_error(&mut c, &create_sql(&no_webhook), "22023", &["\"webhook_from_env\"", "\"PGWH_NOT_SET\" is not set"]);
+    assert_sql_error(
+        &mut c,
+        &create_sql(&no_webhook),
+        "22023",
+        &["\"webhook_from_env\"", "\"PGWH_NOT_SET\" is not set"],
+    );
     let mut nothing = base();
     nothing.as_object_mut().unwrap().remove("insert");
     nothing["enable_manual"] = json!(false);
@@ -165,17 +186,47 @@ fn unsupported_hasura_keys_say_so() {
 #[test]
 fn catalog_errors_have_their_own_sqlstates() {
     let mut c = setup("catalog_errors");
-    assert_sql_error(&mut c, &create_sql(&with("table", json!("no_such_table"))), "42P01", &["\"table\"", "public.no_such_table", "does not exist"]);
-    assert_sql_error(&mut c, &create_sql(&with("table", json!({"schema": "nope", "name": "users"}))), "42P01", &["nope.users"]);
-    assert_sql_error(&mut c, &create_sql(&with("table", json!("users_view"))), "42809", &["users_view", "is not a table"]);
-    assert_sql_error(&mut c, &create_sql(&with("update", json!({"columns": ["username", "nickname"]}))), "42703", &["\"update.columns\"", "\"nickname\"", "public.users"]);
-    assert_sql_error(&mut c, &create_sql(&with("insert", json!({"columns": "*", "payload": ["ID"]}))), "42703", &["\"insert.payload\"", "\"ID\""]);
+    assert_sql_error(
+        &mut c,
+        &create_sql(&with("table", json!("no_such_table"))),
+        "42P01",
+        &["\"table\"", "public.no_such_table", "does not exist"],
+    );
+    assert_sql_error(
+        &mut c,
+        &create_sql(&with("table", json!({"schema": "nope", "name": "users"}))),
+        "42P01",
+        &["nope.users"],
+    );
+    assert_sql_error(
+        &mut c,
+        &create_sql(&with("table", json!("users_view"))),
+        "42809",
+        &["users_view", "is not a table"],
+    );
+    assert_sql_error(
+        &mut c,
+        &create_sql(&with("update", json!({"columns": ["username", "nickname"]}))),
+        "42703",
+        &["\"update.columns\"", "\"nickname\"", "public.users"],
+    );
+    assert_sql_error(
+        &mut c,
+        &create_sql(&with("insert", json!({"columns": "*", "payload": ["ID"]}))),
+        "42703",
+        &["\"insert.payload\"", "\"ID\""],
+    );
     create(&mut c, base());
     let e = assert_sql_error(&mut c, &create_sql(&base()), "42710", &["\"users_all\" already exists"]);
     assert!(e.hint.unwrap().contains("\"replace\": true"));
     assert_sql_error(&mut c, "SELECT webhooks.delete_event_trigger('nope')", "42704", &["\"nope\" does not exist"]);
     assert_sql_error(&mut c, "SELECT webhooks.invoke_event_trigger('nope', '{}')", "42704", &["\"nope\""]);
-    assert_sql_error(&mut c, "SELECT webhooks.redeliver_event('00000000-0000-0000-0000-000000000000')", "P0002", &["does not exist"]);
+    assert_sql_error(
+        &mut c,
+        "SELECT webhooks.redeliver_event('00000000-0000-0000-0000-000000000000')",
+        "P0002",
+        &["does not exist"],
+    );
     assert_eq!(count_definitions(&mut c), 1);
 }
 
@@ -189,10 +240,12 @@ fn replace_swaps_the_definition_and_moves_tables() {
     let got = create(&mut c, second);
     assert_ne!(got, first);
     assert_eq!(got["update"], json!({"columns": ["email"], "payload": "*"}));
-    let tg: String = one(&mut c, "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'pg_webhooks_users_all'");
+    let tg: String =
+        one(&mut c, "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'pg_webhooks_users_all'");
     assert!(tg.contains("AFTER INSERT OR UPDATE ON public.users"), "{tg}");
 
-    let moved = json!({"name": "users_all", "table": "other", "webhook": HOOK, "delete": {"columns": "*"}, "replace": true});
+    let moved =
+        json!({"name": "users_all", "table": "other", "webhook": HOOK, "delete": {"columns": "*"}, "replace": true});
     create(&mut c, moved);
     let on: Vec<String> = c
         .query("SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'pg_webhooks_users_all'", &[])
@@ -255,7 +308,12 @@ fn invoke_enqueues_a_manual_event() {
     no_manual["name"] = json!("no_manual");
     no_manual["enable_manual"] = json!(false);
     create(&mut c, no_manual);
-    assert_sql_error(&mut c, "SELECT webhooks.invoke_event_trigger('no_manual', '{}')", "55000", &["\"no_manual\"", "enable_manual"]);
+    assert_sql_error(
+        &mut c,
+        "SELECT webhooks.invoke_event_trigger('no_manual', '{}')",
+        "55000",
+        &["\"no_manual\"", "enable_manual"],
+    );
     assert_sql_error(&mut c, "SELECT webhooks.invoke_event_trigger('users_all', NULL)", "22004", &["\"payload\""]);
 }
 
@@ -265,8 +323,11 @@ fn redeliver_requeues_an_event() {
     create(&mut c, base());
     c.batch_execute("INSERT INTO users (username) VALUES ('a')").unwrap();
     let id: uuid::Uuid = one(&mut c, "SELECT id FROM webhooks.event_log");
-    c.execute("UPDATE webhooks.event_log SET error = true, tries = 4, next_retry_at = now() + interval '1 day' WHERE id = $1", &[&id])
-        .unwrap();
+    c.execute(
+        "UPDATE webhooks.event_log SET error = true, tries = 4, next_retry_at = now() + interval '1 day' WHERE id = $1",
+        &[&id],
+    )
+    .unwrap();
     c.execute("SELECT webhooks.redeliver_event($1)", &[&id]).unwrap();
     let r = c
         .query_one("SELECT tries, delivered, error, locked IS NULL, next_retry_at <= now() FROM webhooks.event_log WHERE id = $1", &[&id])
@@ -275,7 +336,12 @@ fn redeliver_requeues_an_event() {
     assert!(!r.get::<_, bool>(1) && !r.get::<_, bool>(2) && r.get::<_, bool>(3) && r.get::<_, bool>(4));
 
     c.execute("UPDATE webhooks.event_log SET locked = now() WHERE id = $1", &[&id]).unwrap();
-    assert_sql_error(&mut c, &format!("SELECT webhooks.redeliver_event('{id}')"), "55006", &[&id.to_string(), "being delivered"]);
+    assert_sql_error(
+        &mut c,
+        &format!("SELECT webhooks.redeliver_event('{id}')"),
+        "55006",
+        &[&id.to_string(), "being delivered"],
+    );
 }
 
 fn query(c: &mut Client, body: Value) -> Value {
@@ -293,13 +359,21 @@ fn query_runs_hasura_bodies() {
     assert_eq!(query(&mut c, json!({"type": "pg_create_event_trigger", "args": v2})), ok);
     assert_eq!(count_definitions(&mut c), 2);
 
-    let invoked = query(&mut c, json!({"type": "pg_invoke_event_trigger", "args": {"name": "v2_trigger", "payload": {"a": 1}, "source": "default"}}));
+    let invoked = query(
+        &mut c,
+        json!({"type": "pg_invoke_event_trigger", "args": {"name": "v2_trigger", "payload": {"a": 1}, "source": "default"}}),
+    );
     let id = invoked["event_id"].as_str().expect("event_id").to_string();
     let exists: bool = one(&mut c, &format!("SELECT EXISTS (SELECT FROM webhooks.event_log WHERE id = '{id}')"));
     assert!(exists);
     assert_eq!(query(&mut c, json!({"type": "redeliver_event", "args": {"event_id": id}})), ok);
-    assert!(query(&mut c, json!({"type": "invoke_event_trigger", "args": {"name": "users_all", "payload": null}}))["event_id"].is_string());
-    assert_eq!(query(&mut c, json!({"type": "pg_delete_event_trigger", "args": {"name": "v2_trigger", "source": "default"}})), ok);
+    assert!(query(&mut c, json!({"type": "invoke_event_trigger", "args": {"name": "users_all", "payload": null}}))
+        ["event_id"]
+        .is_string());
+    assert_eq!(
+        query(&mut c, json!({"type": "pg_delete_event_trigger", "args": {"name": "v2_trigger", "source": "default"}})),
+        ok
+    );
     assert_eq!(query(&mut c, json!({"type": "delete_event_trigger", "args": {"name": "users_all"}})), ok);
     assert_eq!(count_definitions(&mut c), 0);
 }
@@ -328,8 +402,12 @@ fn query_bulk_is_all_or_nothing() {
     ]});
     let sql = format!("SELECT webhooks.query('{}')", body.to_string().replace('\'', "''"));
     assert_sql_error(&mut c, &sql, "42P01", &["bulk args[2]", "no_such_table"]);
-    let names: Vec<String> =
-        c.query("SELECT name FROM webhooks.event_triggers ORDER BY name", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let names: Vec<String> = c
+        .query("SELECT name FROM webhooks.event_triggers ORDER BY name", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(names, vec!["second", "users_all"], "nothing of the failed bulk remains");
     assert_eq!(count_table_triggers(&mut c), 2);
 }
@@ -342,8 +420,16 @@ fn query_rejects_malformed_bodies() {
         (json!({"type": "run_sql", "args": {}}), "22023", &["unknown query type \"run_sql\""][..]),
         (json!({"type": "delete_event_trigger"}), "22023", &["\"args\" is required"][..]),
         (json!({"type": "delete_event_trigger", "args": {"nam": "x"}}), "22023", &["unknown key \"args.nam\""][..]),
-        (json!({"type": "redeliver_event", "args": {"event_id": "not-a-uuid"}}), "22023", &["\"event_id\"", "not a UUID"][..]),
-        (json!({"type": "pg_delete_event_trigger", "args": {"name": "x", "source": "elsewhere"}}), "22023", &["\"source\""][..]),
+        (
+            json!({"type": "redeliver_event", "args": {"event_id": "not-a-uuid"}}),
+            "22023",
+            &["\"event_id\"", "not a UUID"][..],
+        ),
+        (
+            json!({"type": "pg_delete_event_trigger", "args": {"name": "x", "source": "elsewhere"}}),
+            "22023",
+            &["\"source\""][..],
+        ),
         (json!({"type": "create_event_trigger", "args": {"name": "x"}}), "22023", &["\"table\" is required"][..]),
     ] {
         let sql = format!("SELECT webhooks.query('{}')", body.to_string().replace('\'', "''"));
@@ -388,11 +474,18 @@ fn hasura_export(second_table: &str) -> Value {
 fn import_hasura_metadata_creates_every_trigger_and_reports_the_rest() {
     let mut c = setup("import_metadata");
     c.batch_execute("CREATE TABLE other (id int)").unwrap();
-    let report: Value = c.query_one("SELECT webhooks.import_hasura_metadata($1)", &[&hasura_export("other")]).unwrap().get(0);
+    let report: Value =
+        c.query_one("SELECT webhooks.import_hasura_metadata($1)", &[&hasura_export("other")]).unwrap().get(0);
     assert_eq!(report["created"], json!(["user_created", "user_email_changed", "other_changed"]));
     let unsupported = report["unsupported"].as_array().unwrap();
-    assert!(unsupported.iter().any(|u| u["trigger"] == json!("user_created") && u["key"] == json!("request_transform")), "{report}");
-    assert!(unsupported.iter().any(|u| u["trigger"] == json!("user_email_changed") && u["key"] == json!("cleanup_config")), "{report}");
+    assert!(
+        unsupported.iter().any(|u| u["trigger"] == json!("user_created") && u["key"] == json!("request_transform")),
+        "{report}"
+    );
+    assert!(
+        unsupported.iter().any(|u| u["trigger"] == json!("user_email_changed") && u["key"] == json!("cleanup_config")),
+        "{report}"
+    );
     let def: Value = one(&mut c, "SELECT definition FROM webhooks.event_triggers WHERE name = 'user_created'");
     assert_eq!(def["webhook_from_env"], json!("PGWH_TEST_URL"));
     assert_eq!(def["retry_conf"], json!({"num_retries": 3, "interval_sec": 15, "timeout_sec": 60}));

@@ -54,20 +54,29 @@ fn run(cases: Vec<Case>) {
     }
     c.batch_execute("INSERT INTO healthy SELECT FROM generate_series(1, 20)").unwrap();
     eventually(WAIT, "the healthy trigger to flow", || {
-        (one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE trigger_name = 'healthy' AND NOT delivered") == 0).then_some(())
+        (one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE trigger_name = 'healthy' AND NOT delivered")
+            == 0)
+            .then_some(())
     });
     for case in &cases {
-        let (delivered, error, tries): (bool, bool, i32) = eventually(WAIT, &format!("{} to settle", case.name), || {
-            let row = c
+        let (delivered, error, tries): (bool, bool, i32) = eventually(
+            WAIT,
+            &format!("{} to settle", case.name),
+            || {
+                let row = c
                 .query_one("SELECT delivered, error, tries, locked IS NULL FROM webhooks.event_log WHERE trigger_name = $1", &[&case.name])
                 .unwrap();
-            let (d, e, t, unlocked): (bool, bool, i32, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
-            ((d || e) && unlocked).then_some((d, e, t))
-        });
+                let (d, e, t, unlocked): (bool, bool, i32, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+                ((d || e) && unlocked).then_some((d, e, t))
+            },
+        );
         assert_eq!((delivered, error), (case.delivered, !case.delivered), "{}: final state", case.name);
         assert_eq!(tries as usize, case.attempts, "{}: attempts", case.name);
         let logs = c
-            .query("SELECT status, response::jsonb::text FROM webhooks.event_invocation_logs WHERE trigger_name = $1", &[&case.name])
+            .query(
+                "SELECT status, response::jsonb::text FROM webhooks.event_invocation_logs WHERE trigger_name = $1",
+                &[&case.name],
+            )
             .unwrap();
         assert_eq!(logs.len(), case.attempts, "{}: one invocation log row per attempt", case.name);
         for l in &logs {
@@ -90,13 +99,61 @@ fn connection_level_failures() {
     let (r, _) = setup();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     run(vec![
-        Case { name: "b_refused", webhook: format!("http://127.0.0.1:{closed}/"), retry: retries(1), attempts: 2, delivered: false, status: None, logged: Some("connection failed") },
-        Case { name: "b_unresolvable", webhook: "http://no-such-host.invalid/hook".into(), retry: retries(1), attempts: 2, delivered: false, status: None, logged: Some("error") },
-        Case { name: "b_tls_to_plain", webhook: format!("https://127.0.0.1:{}/ok/tls", r.port), retry: retries(0), attempts: 1, delivered: false, status: None, logged: Some("error") },
-        Case { name: "b_never_answers", webhook: r.url("/hang/broken"), retry: retries(1), attempts: 2, delivered: false, status: None, logged: Some("timed out") },
+        Case {
+            name: "b_refused",
+            webhook: format!("http://127.0.0.1:{closed}/"),
+            retry: retries(1),
+            attempts: 2,
+            delivered: false,
+            status: None,
+            logged: Some("connection failed"),
+        },
+        Case {
+            name: "b_unresolvable",
+            webhook: "http://no-such-host.invalid/hook".into(),
+            retry: retries(1),
+            attempts: 2,
+            delivered: false,
+            status: None,
+            logged: Some("error"),
+        },
+        Case {
+            name: "b_tls_to_plain",
+            webhook: format!("https://127.0.0.1:{}/ok/tls", r.port),
+            retry: retries(0),
+            attempts: 1,
+            delivered: false,
+            status: None,
+            logged: Some("error"),
+        },
+        Case {
+            name: "b_never_answers",
+            webhook: r.url("/hang/broken"),
+            retry: retries(1),
+            attempts: 2,
+            delivered: false,
+            status: None,
+            logged: Some("timed out"),
+        },
         // The status line came, the body did not finish in time: a failed attempt.
-        Case { name: "b_trickle", webhook: r.url("/trickle/broken"), retry: retries(1), attempts: 2, delivered: false, status: Some(200), logged: Some("timed out reading the response body") },
-        Case { name: "b_not_http", webhook: r.url("/garbage/broken"), retry: retries(1), attempts: 2, delivered: false, status: None, logged: Some("error") },
+        Case {
+            name: "b_trickle",
+            webhook: r.url("/trickle/broken"),
+            retry: retries(1),
+            attempts: 2,
+            delivered: false,
+            status: Some(200),
+            logged: Some("timed out reading the response body"),
+        },
+        Case {
+            name: "b_not_http",
+            webhook: r.url("/garbage/broken"),
+            retry: retries(1),
+            attempts: 2,
+            delivered: false,
+            status: None,
+            logged: Some("error"),
+        },
     ]);
 }
 
@@ -104,12 +161,60 @@ fn connection_level_failures() {
 fn status_codes_and_retry_after() {
     let (r, _) = setup();
     run(vec![
-        Case { name: "b_301", webhook: r.url("/status/301/x"), retry: retries(1), attempts: 2, delivered: false, status: Some(301), logged: None },
-        Case { name: "b_404", webhook: r.url("/status/404/x"), retry: retries(1), attempts: 2, delivered: false, status: Some(404), logged: None },
-        Case { name: "b_429", webhook: r.url("/status/429/x"), retry: retries(2), attempts: 3, delivered: false, status: Some(429), logged: None },
-        Case { name: "b_503", webhook: r.url("/status/503/x"), retry: retries(0), attempts: 1, delivered: false, status: Some(503), logged: None },
-        Case { name: "b_204", webhook: r.url("/status/204/x"), retry: retries(3), attempts: 1, delivered: true, status: Some(204), logged: None },
-        Case { name: "b_huge_body", webhook: r.url("/big/x"), retry: retries(0), attempts: 1, delivered: true, status: Some(200), logged: Some("\"body_truncated\": true") },
+        Case {
+            name: "b_301",
+            webhook: r.url("/status/301/x"),
+            retry: retries(1),
+            attempts: 2,
+            delivered: false,
+            status: Some(301),
+            logged: None,
+        },
+        Case {
+            name: "b_404",
+            webhook: r.url("/status/404/x"),
+            retry: retries(1),
+            attempts: 2,
+            delivered: false,
+            status: Some(404),
+            logged: None,
+        },
+        Case {
+            name: "b_429",
+            webhook: r.url("/status/429/x"),
+            retry: retries(2),
+            attempts: 3,
+            delivered: false,
+            status: Some(429),
+            logged: None,
+        },
+        Case {
+            name: "b_503",
+            webhook: r.url("/status/503/x"),
+            retry: retries(0),
+            attempts: 1,
+            delivered: false,
+            status: Some(503),
+            logged: None,
+        },
+        Case {
+            name: "b_204",
+            webhook: r.url("/status/204/x"),
+            retry: retries(3),
+            attempts: 1,
+            delivered: true,
+            status: Some(204),
+            logged: None,
+        },
+        Case {
+            name: "b_huge_body",
+            webhook: r.url("/big/x"),
+            retry: retries(0),
+            attempts: 1,
+            delivered: true,
+            status: Some(200),
+            logged: Some("\"body_truncated\": true"),
+        },
     ]);
 }
 
@@ -147,7 +252,8 @@ fn the_worker_memory_stays_bounded_with_10mb_answers() {
     let mut peak: f64 = 0.0;
     eventually(WAIT, "60 big answers", || {
         peak = peak.max(private_memory_mb(pid));
-        (one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE trigger_name = 'b_mem' AND delivered") == 60).then_some(())
+        (one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE trigger_name = 'b_mem' AND delivered") == 60)
+            .then_some(())
     });
     eprintln!("worker private memory peak with 60 answers of 10 MB: {peak:.1} MB");
     assert!(peak < 64.0, "bodies are read up to the limit, not whole: {peak:.1} MB");
@@ -158,8 +264,24 @@ fn retry_after_that_is_negative_or_garbage_is_ignored_and_huge_is_capped() {
     let (r, mut c) = setup();
     // Ignored: the interval (0) applies, both attempts happen.
     run(vec![
-        Case { name: "b_ra_negative", webhook: r.url("/retry-after-raw/-5/x"), retry: retries(1), attempts: 2, delivered: false, status: Some(503), logged: None },
-        Case { name: "b_ra_garbage", webhook: r.url("/retry-after-raw/soon/x"), retry: retries(1), attempts: 2, delivered: false, status: Some(503), logged: None },
+        Case {
+            name: "b_ra_negative",
+            webhook: r.url("/retry-after-raw/-5/x"),
+            retry: retries(1),
+            attempts: 2,
+            delivered: false,
+            status: Some(503),
+            logged: None,
+        },
+        Case {
+            name: "b_ra_garbage",
+            webhook: r.url("/retry-after-raw/soon/x"),
+            retry: retries(1),
+            attempts: 2,
+            delivered: false,
+            status: Some(503),
+            logged: None,
+        },
     ]);
     // Capped: one attempt, the next one due in an hour, not in 3 years.
     c.batch_execute("CREATE TABLE b_ra_huge (id int PRIMARY KEY)").unwrap();
@@ -181,7 +303,9 @@ fn retry_after_that_is_negative_or_garbage_is_ignored_and_huge_is_capped() {
     });
     assert!((3500.0..3700.0).contains(&due_in), "Retry-After capped at one hour: due in {due_in} s");
     let state: (bool, bool) = {
-        let row = c.query_one("SELECT delivered, error FROM webhooks.event_log WHERE trigger_name = 'b_ra_huge'", &[]).unwrap();
+        let row = c
+            .query_one("SELECT delivered, error FROM webhooks.event_log WHERE trigger_name = 'b_ra_huge'", &[])
+            .unwrap();
         (row.get(0), row.get(1))
     };
     assert_eq!(state, (false, false), "still pending: Retry-After never removes an attempt");

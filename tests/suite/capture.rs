@@ -34,7 +34,14 @@ fn event_count(c: &mut Client) -> i64 {
 fn each_operation_writes_its_event() {
     let mut c = fresh_db("ops");
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, name text)").unwrap();
-    create(&mut c, trigger("t_all", json!("t"), json!({"insert": {"columns": "*"}, "update": {"columns": "*"}, "delete": {"columns": "*"}})));
+    create(
+        &mut c,
+        trigger(
+            "t_all",
+            json!("t"),
+            json!({"insert": {"columns": "*"}, "update": {"columns": "*"}, "delete": {"columns": "*"}}),
+        ),
+    );
     c.batch_execute("INSERT INTO t VALUES (1, 'a'); UPDATE t SET name = 'b'; DELETE FROM t;").unwrap();
     assert_eq!(
         events(&mut c),
@@ -52,7 +59,10 @@ fn each_operation_writes_its_event() {
             &[],
         )
         .unwrap();
-    assert_eq!((r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2)), ("t_all".into(), "public".into(), "t".into()));
+    assert_eq!(
+        (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2)),
+        ("t_all".into(), "public".into(), "t".into())
+    );
     assert_eq!((r.get::<_, bool>(3), r.get::<_, bool>(4), r.get::<_, bool>(5)), (false, false, false));
     assert_eq!(r.get::<_, i32>(6), 0);
     for i in 7..12 {
@@ -81,18 +91,18 @@ fn update_columns_filter_by_changed_value() {
     .unwrap();
     create(&mut c, trigger("t_upd", json!("t"), json!({"update": {"columns": ["name", "j", "jb", "p", "n"]}})));
     let writes = [
-        ("UPDATE t SET other = 'changed'", false),       // not a watched column
-        ("UPDATE t SET name = 'a'", false),              // same value
+        ("UPDATE t SET other = 'changed'", false),         // not a watched column
+        ("UPDATE t SET name = 'a'", false),                // same value
         ("UPDATE t SET name = name, j = j, p = p", false), // same values, types without =
-        ("UPDATE t SET p = '(1,2)'", false),             // point without equality operator, same value
-        ("UPDATE t SET n = 1.00", false),                // numeric: 1.0 = 1.00
-        ("UPDATE t SET jb = '{\"a\":1}'", false),        // jsonb equality
+        ("UPDATE t SET p = '(1,2)'", false),               // point without equality operator, same value
+        ("UPDATE t SET n = 1.00", false),                  // numeric: 1.0 = 1.00
+        ("UPDATE t SET jb = '{\"a\":1}'", false),          // jsonb equality
         ("UPDATE t SET name = 'b'", true),
         ("UPDATE t SET p = '(2,2)'", true),
         ("UPDATE t SET j = '{\"a\": 2}'", true),
-        ("UPDATE t SET name = NULL", true),              // value to NULL
-        ("UPDATE t SET name = NULL", false),             // NULL to NULL
-        ("UPDATE t SET name = 'c'", true),               // NULL to value
+        ("UPDATE t SET name = NULL", true),  // value to NULL
+        ("UPDATE t SET name = NULL", false), // NULL to NULL
+        ("UPDATE t SET name = 'c'", true),   // NULL to value
         ("UPDATE t SET id = id", false),
     ];
     let mut expected = 0;
@@ -108,7 +118,8 @@ fn update_columns_filter_by_changed_value() {
 #[test]
 fn update_with_all_columns_ignores_no_op_updates() {
     let mut c = fresh_db("update_all_noop");
-    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, j json, p point); INSERT INTO t VALUES (1, '[1]', '(0,0)')").unwrap();
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, j json, p point); INSERT INTO t VALUES (1, '[1]', '(0,0)')")
+        .unwrap();
     create(&mut c, trigger("t_upd", json!("t"), json!({"update": {"columns": "*"}})));
     c.batch_execute("UPDATE t SET j = j, p = p").unwrap();
     assert_eq!(event_count(&mut c), 0);
@@ -132,7 +143,8 @@ fn payload_lists_limit_old_and_new() {
             }),
         ),
     );
-    c.batch_execute("INSERT INTO t VALUES (1, 'a', 's'); UPDATE t SET name = 'b', secret = 't'; DELETE FROM t;").unwrap();
+    c.batch_execute("INSERT INTO t VALUES (1, 'a', 's'); UPDATE t SET name = 'b', secret = 't'; DELETE FROM t;")
+        .unwrap();
     assert_eq!(
         events(&mut c),
         vec![
@@ -180,7 +192,8 @@ fn values_are_postgresql_json() {
     assert_eq!(new["nothing"], Value::Null);
     assert!(new.as_object().unwrap().contains_key("nothing"), "NULL columns are present as null");
     assert_eq!(new["u"], json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
-    let same: bool = one(&mut c, "SELECT payload->'data'->'new' = (SELECT to_jsonb(r) FROM t AS r) FROM webhooks.event_log");
+    let same: bool =
+        one(&mut c, "SELECT payload->'data'->'new' = (SELECT to_jsonb(r) FROM t AS r) FROM webhooks.event_log");
     assert!(same, "the row's JSON is to_jsonb of the row");
 }
 
@@ -230,7 +243,8 @@ fn converted_types_match_to_jsonb_at_their_edges() {
     };
     assert!(old_ok, "the old row's TOASTed text is in the payload whole");
     assert!(new_ok, "the new row is to_jsonb of the row");
-    let first: Value = one(&mut c, "SELECT payload->'data'->'new' FROM webhooks.event_log WHERE payload #>> '{data,new,id}' = '1'");
+    let first: Value =
+        one(&mut c, "SELECT payload->'data'->'new' FROM webhooks.event_log WHERE payload #>> '{data,new,id}' = '1'");
     assert_eq!(first["i8"].to_string(), "-9223372036854775808", "bigint keeps every digit");
     assert_eq!(first["d"], json!("-infinity"));
     assert_eq!(first["v"], json!("ünïcödé✓"));
@@ -283,7 +297,14 @@ fn partitions_report_the_parent_table() {
          ALTER TABLE m_us ADD COLUMN v text;",
     )
     .unwrap();
-    create(&mut c, trigger("m_all", json!("m"), json!({"insert": {"columns": "*", "payload": ["id", "v"]}, "update": {"columns": ["v"]}})));
+    create(
+        &mut c,
+        trigger(
+            "m_all",
+            json!("m"),
+            json!({"insert": {"columns": "*", "payload": ["id", "v"]}, "update": {"columns": ["v"]}}),
+        ),
+    );
     // a partition attached later, with its columns in another order and numbering
     c.batch_execute("ALTER TABLE m ATTACH PARTITION m_us FOR VALUES IN ('us')").unwrap();
     // and one created later
@@ -293,7 +314,8 @@ fn partitions_report_the_parent_table() {
          UPDATE m SET v = v || '!' WHERE id = 2;",
     )
     .unwrap();
-    let rows = c.query("SELECT schema_name, table_name, payload->'data' FROM webhooks.event_log ORDER BY id", &[]).unwrap();
+    let rows =
+        c.query("SELECT schema_name, table_name, payload->'data' FROM webhooks.event_log ORDER BY id", &[]).unwrap();
     assert_eq!(rows.len(), 4);
     for r in &rows {
         assert_eq!((r.get::<_, String>(0), r.get::<_, String>(1)), ("public".into(), "m".into()));
@@ -311,7 +333,8 @@ fn rolled_back_writes_leave_no_event() {
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
     create(&mut c, trigger("t_ins", json!("t"), json!({"insert": {"columns": "*"}})));
     c.batch_execute("BEGIN; INSERT INTO t VALUES (1); ROLLBACK;").unwrap();
-    c.batch_execute("BEGIN; INSERT INTO t VALUES (2); SAVEPOINT s; INSERT INTO t VALUES (3); ROLLBACK TO s; COMMIT;").unwrap();
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (2); SAVEPOINT s; INSERT INTO t VALUES (3); ROLLBACK TO s; COMMIT;")
+        .unwrap();
     let ids: Vec<Value> = c
         .query("SELECT payload->'data'->'new'->'id' FROM webhooks.event_log", &[])
         .unwrap()
@@ -380,7 +403,8 @@ fn a_hostile_search_path_cannot_change_capture() {
     c.batch_execute("RESET search_path").unwrap();
     let (_, data) = events(&mut c).remove(0);
     assert_eq!(data["new"], json!({"v": "real"}));
-    let wide: Value = one(&mut c, "SELECT payload->'data'->'new' FROM webhooks.event_log WHERE trigger_name = 'wide60'");
+    let wide: Value =
+        one(&mut c, "SELECT payload->'data'->'new' FROM webhooks.event_log WHERE trigger_name = 'wide60'");
     assert_eq!(wide.as_object().map(|o| o.len()), Some(60), "{wide}");
     assert_eq!(wide["c60"], json!(60));
     assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM evil.event_log"), 0);
@@ -402,7 +426,9 @@ fn session_variables_and_trace_context() {
          INSERT INTO t VALUES (3);",
     )
     .unwrap();
-    let rows = c.query("SELECT payload->'session_variables', payload->'trace_context' FROM webhooks.event_log ORDER BY id", &[]).unwrap();
+    let rows = c
+        .query("SELECT payload->'session_variables', payload->'trace_context' FROM webhooks.event_log ORDER BY id", &[])
+        .unwrap();
     let got: Vec<(Value, Value)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(got[0].0, json!({"x-hasura-role": "user", "x-hasura-user-id": "42"}));
     assert_eq!(got[0].1, json!({"trace_id": "abc", "span_id": "def"}));
@@ -418,7 +444,8 @@ fn a_replaced_definition_takes_effect_in_other_sessions() {
     // another session that has already compiled the trigger
     let mut writer = with_shared(|cl| cl.connect("t_replace_effect"));
     writer.batch_execute("INSERT INTO t VALUES (1, 'a1', 'b1')").unwrap();
-    let mut replaced = trigger("t_x", json!("t"), json!({"insert": {"columns": "*", "payload": ["a"]}, "delete": {"columns": "*"}}));
+    let mut replaced =
+        trigger("t_x", json!("t"), json!({"insert": {"columns": "*", "payload": ["a"]}, "delete": {"columns": "*"}}));
     replaced["replace"] = json!(true);
     create(&mut c, replaced);
     writer.batch_execute("INSERT INTO t VALUES (2, 'a2', 'b2'); DELETE FROM t WHERE id = 1;").unwrap();

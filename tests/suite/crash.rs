@@ -28,8 +28,12 @@ fn start_stream(r: &Receiver) -> (Cluster, postgres::Client) {
     .unwrap();
     // Many small transactions, so that events keep arriving while the crash comes.
     for chunk in 0..(EVENTS / 100) {
-        c.batch_execute(&format!("INSERT INTO s SELECT g FROM generate_series({}, {}) g", chunk * 100 + 1, chunk * 100 + 100))
-            .unwrap();
+        c.batch_execute(&format!(
+            "INSERT INTO s SELECT g FROM generate_series({}, {}) g",
+            chunk * 100 + 1,
+            chunk * 100 + 100
+        ))
+        .unwrap();
     }
     (cluster, c)
 }

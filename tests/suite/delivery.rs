@@ -159,7 +159,12 @@ fn failures_are_retried_with_spacing_and_current_retry() {
 #[test]
 fn retry_after_in_seconds_sets_the_delay() {
     let (r, mut c) = setup();
-    watch(&mut c, "d_ra_secs", &r.url("/retry-after-secs/1/x"), json!({"retry_conf": {"num_retries": 1, "interval_sec": 3600}}));
+    watch(
+        &mut c,
+        "d_ra_secs",
+        &r.url("/retry-after-secs/1/x"),
+        json!({"retry_conf": {"num_retries": 1, "interval_sec": 3600}}),
+    );
     c.batch_execute("INSERT INTO d_ra_secs VALUES (1, 'x')").unwrap();
     let got = r.wait_for("/retry-after-secs/1/x", 2, WAIT);
     assert!(got[1].at - got[0].at >= Duration::from_millis(900));
@@ -169,7 +174,12 @@ fn retry_after_in_seconds_sets_the_delay() {
 #[test]
 fn retry_after_as_a_date_sets_the_delay() {
     let (r, mut c) = setup();
-    watch(&mut c, "d_ra_date", &r.url("/retry-after-date/2/x"), json!({"retry_conf": {"num_retries": 1, "interval_sec": 3600}}));
+    watch(
+        &mut c,
+        "d_ra_date",
+        &r.url("/retry-after-date/2/x"),
+        json!({"retry_conf": {"num_retries": 1, "interval_sec": 3600}}),
+    );
     c.batch_execute("INSERT INTO d_ra_date VALUES (1, 'x')").unwrap();
     let got = r.wait_for("/retry-after-date/2/x", 2, WAIT);
     assert!(got[1].at - got[0].at >= Duration::from_millis(900));
@@ -203,7 +213,12 @@ fn a_hanging_webhook_times_out() {
 fn a_refused_connection_is_a_failed_attempt() {
     let (_, mut c) = setup();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    watch(&mut c, "d_refused", &format!("http://127.0.0.1:{port}/"), json!({"retry_conf": {"num_retries": 1, "interval_sec": 0}}));
+    watch(
+        &mut c,
+        "d_refused",
+        &format!("http://127.0.0.1:{port}/"),
+        json!({"retry_conf": {"num_retries": 1, "interval_sec": 0}}),
+    );
     c.batch_execute("INSERT INTO d_refused VALUES (1, 'x')").unwrap();
     assert_eq!(settled(&mut c, "d_refused"), vec![(false, true, 2, true)]);
     let logs = invocations(&mut c, "d_refused");
@@ -253,11 +268,19 @@ fn a_deleted_triggers_pending_events_are_never_sent() {
     c.batch_execute("BEGIN; INSERT INTO d_deleted VALUES (1, 'x'), (2, 'y'); SELECT webhooks.delete_event_trigger('d_deleted'); COMMIT;")
         .unwrap();
     // events waiting for a retry when the trigger is deleted
-    watch(&mut c, "d_deleted_retry", &r.url("/status/500/deleted-retry"), json!({"retry_conf": {"num_retries": 5, "interval_sec": 2}}));
+    watch(
+        &mut c,
+        "d_deleted_retry",
+        &r.url("/status/500/deleted-retry"),
+        json!({"retry_conf": {"num_retries": 5, "interval_sec": 2}}),
+    );
     c.batch_execute("INSERT INTO d_deleted_retry VALUES (1, 'x')").unwrap();
     r.wait_for("/status/500/deleted-retry", 1, WAIT);
     eventually(WAIT, "the first attempt to be recorded", || {
-        (one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_invocation_logs WHERE trigger_name = 'd_deleted_retry'") == 1)
+        (one::<i64>(
+            &mut c,
+            "SELECT count(*) FROM webhooks.event_invocation_logs WHERE trigger_name = 'd_deleted_retry'",
+        ) == 1)
             .then_some(())
     });
     c.batch_execute("SELECT webhooks.delete_event_trigger('d_deleted_retry')").unwrap();
@@ -266,7 +289,10 @@ fn a_deleted_triggers_pending_events_are_never_sent() {
     std::thread::sleep(Duration::from_secs(3));
     c.batch_execute("INSERT INTO d_deleted_marker VALUES (1, 'x')").unwrap();
     r.wait_for("/ok/deleted-marker", 1, WAIT);
-    assert!(r.received_on("/ok/deleted").iter().all(|g| g.path == "/ok/deleted-marker"), "no event of d_deleted was sent");
+    assert!(
+        r.received_on("/ok/deleted").iter().all(|g| g.path == "/ok/deleted-marker"),
+        "no event of d_deleted was sent"
+    );
     assert_eq!(r.received_on("/status/500/deleted-retry").len(), 1, "no retry after the delete");
     let archived: i64 = one(
         &mut c,
@@ -320,7 +346,8 @@ fn a_hanging_webhook_does_not_hold_back_other_triggers() {
     c.batch_execute("INSERT INTO d_fast SELECT g, 'x' FROM generate_series(1, 20) g").unwrap();
     r.wait_for("/ok/isolation", 20, WAIT);
     assert_eq!(settled(&mut c, "d_fast").len(), 20);
-    let slow_done: i64 = one(&mut c, "SELECT count(*) FROM webhooks.event_invocation_logs WHERE trigger_name = 'd_slow'");
+    let slow_done: i64 =
+        one(&mut c, "SELECT count(*) FROM webhooks.event_invocation_logs WHERE trigger_name = 'd_slow'");
     assert_eq!(slow_done, 0, "every slow attempt is still hanging while the fast ones went through");
     let hanging = r.received_on("/hang/isolation").len();
     assert!(hanging <= 12, "one trigger takes at most 3/4 of the 16 delivery slots, got {hanging}");
@@ -382,7 +409,12 @@ fn a_paused_trigger_captures_but_does_not_deliver_until_resumed() {
     c.batch_execute("SELECT webhooks.resume_event_trigger('d_paused')").unwrap();
     r.wait_for("/ok/paused", 5, WAIT);
     assert_eq!(settled(&mut c, "d_paused").len(), 5);
-    let e = pg_webhooks_tests::assert_sql_error(&mut c, "SELECT webhooks.pause_event_trigger('nope')", "42704", &["\"nope\""]);
+    let e = pg_webhooks_tests::assert_sql_error(
+        &mut c,
+        "SELECT webhooks.pause_event_trigger('nope')",
+        "42704",
+        &["\"nope\""],
+    );
     assert!(e.hint.is_some());
 }
 
@@ -390,12 +422,20 @@ fn a_paused_trigger_captures_but_does_not_deliver_until_resumed() {
 fn event_stats_and_worker_status_show_what_happens() {
     let (r, mut c) = setup();
     watch(&mut c, "d_stats_ok", &r.url("/ok/stats"), json!({}));
-    watch(&mut c, "d_stats_err", &r.url("/status/500/stats"), json!({"retry_conf": {"num_retries": 1, "interval_sec": 0}}));
-    c.batch_execute("INSERT INTO d_stats_ok SELECT g, 'x' FROM generate_series(1, 3) g; INSERT INTO d_stats_err VALUES (1, 'x');")
-        .unwrap();
+    watch(
+        &mut c,
+        "d_stats_err",
+        &r.url("/status/500/stats"),
+        json!({"retry_conf": {"num_retries": 1, "interval_sec": 0}}),
+    );
+    c.batch_execute(
+        "INSERT INTO d_stats_ok SELECT g, 'x' FROM generate_series(1, 3) g; INSERT INTO d_stats_err VALUES (1, 'x');",
+    )
+    .unwrap();
     settled(&mut c, "d_stats_ok");
     settled(&mut c, "d_stats_err");
-    c.batch_execute("SELECT webhooks.pause_event_trigger('d_stats_ok'); INSERT INTO d_stats_ok VALUES (4, 'x');").unwrap();
+    c.batch_execute("SELECT webhooks.pause_event_trigger('d_stats_ok'); INSERT INTO d_stats_ok VALUES (4, 'x');")
+        .unwrap();
     let row = c
         .query_one(
             "SELECT pending, in_flight, delivered, errors, retries, oldest_pending_age IS NOT NULL,
@@ -404,7 +444,10 @@ fn event_stats_and_worker_status_show_what_happens() {
             &[],
         )
         .unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2), row.get::<_, i64>(3), row.get::<_, i64>(4)), (1, 0, 3, 0, 3));
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2), row.get::<_, i64>(3), row.get::<_, i64>(4)),
+        (1, 0, 3, 0, 3)
+    );
     assert!(row.get::<_, bool>(5) && row.get::<_, bool>(6) && row.get::<_, bool>(7) && row.get::<_, bool>(8));
     let row = c
         .query_one(
@@ -436,7 +479,10 @@ fn cleanup_removes_only_finished_events_older_than_the_cutoff() {
     let (r, mut c) = setup();
     watch(&mut c, "d_clean", &r.url("/ok/clean"), json!({}));
     watch(&mut c, "d_clean_err", &r.url("/status/500/clean"), json!({}));
-    c.batch_execute("INSERT INTO d_clean SELECT g, 'x' FROM generate_series(1, 5) g; INSERT INTO d_clean_err VALUES (1, 'x');").unwrap();
+    c.batch_execute(
+        "INSERT INTO d_clean SELECT g, 'x' FROM generate_series(1, 5) g; INSERT INTO d_clean_err VALUES (1, 'x');",
+    )
+    .unwrap();
     settled(&mut c, "d_clean");
     settled(&mut c, "d_clean_err");
     c.batch_execute(
@@ -461,10 +507,19 @@ fn cleanup_removes_only_finished_events_older_than_the_cutoff() {
         "SELECT count(*) FROM webhooks.event_invocation_logs l WHERE NOT EXISTS (SELECT FROM webhooks.event_log e WHERE e.id = l.event_id)",
     );
     assert_eq!(orphans, 0, "invocation logs go with their events");
-    assert_eq!(one::<i64>(&mut c, "SELECT webhooks.cleanup_event_logs('d_clean_err')"), 0, "errors are kept by default");
+    assert_eq!(
+        one::<i64>(&mut c, "SELECT webhooks.cleanup_event_logs('d_clean_err')"),
+        0,
+        "errors are kept by default"
+    );
     assert_eq!(one::<i64>(&mut c, "SELECT webhooks.cleanup_event_logs('d_clean_err', include_errors => true)"), 1);
     assert_eq!(one::<i64>(&mut c, "SELECT webhooks.cleanup_event_logs('d_clean', older_than => interval '1 hour')"), 1);
-    pg_webhooks_tests::assert_sql_error(&mut c, "SELECT webhooks.cleanup_event_logs(NULL, interval '-1 day')", "22023", &["older_than"]);
+    pg_webhooks_tests::assert_sql_error(
+        &mut c,
+        "SELECT webhooks.cleanup_event_logs(NULL, interval '-1 day')",
+        "22023",
+        &["older_than"],
+    );
     c.batch_execute("SELECT webhooks.resume_event_trigger('d_clean')").unwrap();
 }
 

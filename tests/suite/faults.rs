@@ -20,7 +20,9 @@ struct Stream {
 }
 
 fn connect(cluster: &Cluster) -> postgres::Client {
-    eventually(WAIT, "a connection", || postgres::Client::connect(&cluster.conn_str("postgres", "postgres"), postgres::NoTls).ok())
+    eventually(WAIT, "a connection", || {
+        postgres::Client::connect(&cluster.conn_str("postgres", "postgres"), postgres::NoTls).ok()
+    })
 }
 
 /// A cluster, a trigger with retries, and a writer committing 20,000 rows
@@ -53,7 +55,10 @@ fn stream(webhook: &str, settings: &str) -> Stream {
                     }
                 },
             };
-            let sql = format!("INSERT INTO s SELECT g, 'v' FROM generate_series({next}, {}) g ON CONFLICT DO NOTHING", next + 49);
+            let sql = format!(
+                "INSERT INTO s SELECT g, 'v' FROM generate_series({next}, {}) g ON CONFLICT DO NOTHING",
+                next + 49
+            );
             match client.batch_execute(&sql) {
                 Ok(()) => next += 50,
                 Err(_) => c = None,
@@ -82,7 +87,10 @@ fn all_received(s: Stream, receivers: &[&Receiver], since: Instant) -> (usize, f
         ids.is_subset(&seen).then_some(())
     });
     eventually(WAIT, "every event delivered", || {
-        let left: i64 = c.query_one("SELECT count(*) FROM webhooks.event_log WHERE NOT delivered AND NOT archived", &[]).unwrap().get(0);
+        let left: i64 = c
+            .query_one("SELECT count(*) FROM webhooks.event_log WHERE NOT delivered AND NOT archived", &[])
+            .unwrap()
+            .get(0);
         (left == 0).then_some(())
     });
     let total: usize = receivers.iter().map(|r| r.received().len()).sum();
@@ -91,7 +99,9 @@ fn all_received(s: Stream, receivers: &[&Receiver], since: Instant) -> (usize, f
 }
 
 fn report(fault: &str, (duplicates, secs): (usize, f64)) {
-    eprintln!("FAULT {fault}: every event received; {duplicates} duplicates; all delivered {secs:.1} s after the fault");
+    eprintln!(
+        "FAULT {fault}: every event received; {duplicates} duplicates; all delivered {secs:.1} s after the fault"
+    );
 }
 
 #[test]
@@ -176,8 +186,10 @@ fn replace_delete_redeliver_and_sighup_mid_stream() {
     )
     .unwrap();
     // redeliver_event on an event being delivered right now is refused.
-    let busy: Option<uuid::Uuid> =
-        c.query_opt("SELECT id FROM webhooks.event_log WHERE locked IS NOT NULL LIMIT 1", &[]).unwrap().map(|row| row.get(0));
+    let busy: Option<uuid::Uuid> = c
+        .query_opt("SELECT id FROM webhooks.event_log WHERE locked IS NOT NULL LIMIT 1", &[])
+        .unwrap()
+        .map(|row| row.get(0));
     if let Some(id) = busy {
         // Ok: it finished in between, a plain redelivery.
         if let Err(e) = c.execute("SELECT webhooks.redeliver_event($1)", &[&id]) {
@@ -205,9 +217,12 @@ fn delete_mid_stream_archives_and_sends_nothing_more() {
     assert_eq!(r.received().len(), after_delete, "nothing is sent after the delete");
     let archived_sent: i64 = {
         let sent: Vec<String> = r.received().iter().map(|g| g.event_id()).collect();
-        c.query_one("SELECT count(*) FROM webhooks.event_log WHERE archived AND delivered AND id::text = ANY($1)", &[&sent])
-            .unwrap()
-            .get(0)
+        c.query_one(
+            "SELECT count(*) FROM webhooks.event_log WHERE archived AND delivered AND id::text = ANY($1)",
+            &[&sent],
+        )
+        .unwrap()
+        .get(0)
     };
     let archived: i64 = c.query_one("SELECT count(*) FROM webhooks.event_log WHERE archived", &[]).unwrap().get(0);
     eprintln!("FAULT delete mid-stream: {archived} events archived, {after_delete} sent before the delete, {archived_sent} of them archived after being on the wire");

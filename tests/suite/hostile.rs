@@ -16,7 +16,8 @@ fn setup() -> (&'static Receiver, Client) {
     let r = RECEIVER.get_or_init(Receiver::start);
     let mut c = with_shared(|cl| cl.connect("postgres"));
     EXTENSION.call_once(|| {
-        c.batch_execute("CREATE EXTENSION pg_webhooks; CREATE TABLE fuzz (id int PRIMARY KEY, a text, b jsonb)").unwrap()
+        c.batch_execute("CREATE EXTENSION pg_webhooks; CREATE TABLE fuzz (id int PRIMARY KEY, a text, b jsonb)")
+            .unwrap()
     });
     (r, c)
 }
@@ -41,11 +42,27 @@ fn random_value(rng: &mut Rng, depth: u32) -> Value {
         1 => json!(rng.below(2) == 0),
         2 => json!((rng.next() as i64) >> rng.below(64)),
         3 => json!(f64::from_bits(rng.next()).clamp(-1e300, 1e300)),
-        4 => json!(["*", "", "name", "a\u{1}b", "ü", "x\ny", "'; DROP TABLE fuzz; --", "$$", "\"q\""][rng.below(9) as usize]),
+        4 => json!(
+            ["*", "", "name", "a\u{1}b", "ü", "x\ny", "'; DROP TABLE fuzz; --", "$$", "\"q\""][rng.below(9) as usize]
+        ),
         5 => Value::String("x".repeat(rng.below(100_000) as usize)),
         6 => Value::Array((0..rng.below(4)).map(|_| random_value(rng, depth + 1)).collect()),
         7 | 8 => {
-            let keys = ["name", "table", "webhook", "insert", "columns", "payload", "headers", "value", "retry_conf", "num_retries", "type", "args", "schema"];
+            let keys = [
+                "name",
+                "table",
+                "webhook",
+                "insert",
+                "columns",
+                "payload",
+                "headers",
+                "value",
+                "retry_conf",
+                "num_retries",
+                "type",
+                "args",
+                "schema",
+            ];
             let mut m = Map::new();
             for _ in 0..rng.below(5) {
                 m.insert(keys[rng.below(keys.len() as u64) as usize].to_string(), random_value(rng, depth + 1));
@@ -65,7 +82,21 @@ fn valid_args(i: u64) -> Value {
 /// A valid object with one part replaced, removed or nested deeply.
 fn mutated(rng: &mut Rng, i: u64) -> Value {
     let mut v = valid_args(i);
-    let keys = ["name", "table", "webhook", "insert", "update", "headers", "retry_conf", "replace", "enable_manual", "source", "webhook_from_env", "delete", "request_transform"];
+    let keys = [
+        "name",
+        "table",
+        "webhook",
+        "insert",
+        "update",
+        "headers",
+        "retry_conf",
+        "replace",
+        "enable_manual",
+        "source",
+        "webhook_from_env",
+        "delete",
+        "request_transform",
+    ];
     for _ in 0..1 + rng.below(3) {
         let k = keys[rng.below(keys.len() as u64) as usize];
         match rng.below(4) {
@@ -96,7 +127,8 @@ fn ten_thousand_generated_arguments_never_crash_or_leave_half_a_definition() {
             0 => ("SELECT webhooks.create_event_trigger($1)", random_value(&mut rng, 0)),
             1 | 2 => ("SELECT webhooks.create_event_trigger($1)", mutated(&mut rng, i)),
             _ => {
-                let ty = ["create_event_trigger", "pg_delete_event_trigger", "bulk", "invoke_event_trigger", "x"][rng.below(5) as usize];
+                let ty = ["create_event_trigger", "pg_delete_event_trigger", "bulk", "invoke_event_trigger", "x"]
+                    [rng.below(5) as usize];
                 let args = if rng.below(2) == 0 { mutated(&mut rng, i) } else { random_value(&mut rng, 0) };
                 ("SELECT webhooks.query($1)", json!({"type": ty, "args": args}))
             }
@@ -104,7 +136,9 @@ fn ten_thousand_generated_arguments_never_crash_or_leave_half_a_definition() {
         match c.execute(sql, &[&arg]) {
             Ok(_) => ok += 1,
             Err(e) => {
-                let db = e.as_db_error().unwrap_or_else(|| panic!("call {i} lost the connection (a crash?): {e}\nargs: {arg}"));
+                let db = e
+                    .as_db_error()
+                    .unwrap_or_else(|| panic!("call {i} lost the connection (a crash?): {e}\nargs: {arg}"));
                 let code = db.code().code().to_string();
                 assert_ne!(code, "XX000", "call {i}: an internal error is a bug: {}\nargs: {arg}", db.message());
                 *codes.entry(code).or_default() += 1;
@@ -176,11 +210,15 @@ fn identifiers_that_attack_hand_built_sql() {
     let got = r.wait_for("/ok/long", 1, WAIT);
     assert_eq!(got[0].json()["event"]["data"]["new"], json!({long.as_str(): 7}));
     // Renaming follows, and a trigger name cannot carry an attack at all.
-    c.batch_execute(&format!("ALTER TABLE {}.{} RENAME COLUMN {} TO {}", q(schema), q(table), q(column), q("c2'$$"))).unwrap();
+    c.batch_execute(&format!("ALTER TABLE {}.{} RENAME COLUMN {} TO {}", q(schema), q(table), q(column), q("c2'$$")))
+        .unwrap();
     let def: Value = one(&mut c, "SELECT definition FROM webhooks.event_triggers WHERE name = 'attack'");
     assert_eq!(def["update"]["columns"], json!(["c2'$$"]));
     let e = c
-        .execute("SELECT webhooks.create_event_trigger($1)", &[&json!({"name": "x'; DROP TABLE fuzz; --", "table": "fuzz", "webhook": "http://h.example"})])
+        .execute(
+            "SELECT webhooks.create_event_trigger($1)",
+            &[&json!({"name": "x'; DROP TABLE fuzz; --", "table": "fuzz", "webhook": "http://h.example"})],
+        )
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "22023");
     assert!(one::<i64>(&mut c, "SELECT count(*) FROM fuzz") >= 0, "fuzz still exists");
@@ -222,7 +260,11 @@ fn huge_rows_are_captured_and_delivered() {
     assert_eq!(upd.as_object().unwrap().len(), 120, "payload lists longer than 50 columns are built in pieces");
     assert_eq!(upd["c120"], json!(0));
     eventually(WAIT, "both huge events delivered", || {
-        (one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE trigger_name IN ('big_row', 'wide') AND delivered") == 3).then_some(())
+        (one::<i64>(
+            &mut c,
+            "SELECT count(*) FROM webhooks.event_log WHERE trigger_name IN ('big_row', 'wide') AND delivered",
+        ) == 3)
+            .then_some(())
     });
 }
 

@@ -11,7 +11,8 @@ fn create(c: &mut Client, args: Value) {
 
 fn setup(name: &str) -> Client {
     let mut c = fresh_db(name);
-    c.batch_execute("CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY, name text, email text, extra text)").unwrap();
+    c.batch_execute("CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY, name text, email text, extra text)")
+        .unwrap();
     create(
         &mut c,
         json!({"name": "watch", "table": {"schema": "app", "name": "t"}, "webhook": "http://127.0.0.1:9/h",
@@ -45,7 +46,10 @@ fn drop_table_deletes_the_event_trigger_and_archives_its_events() {
     assert!(archived);
     // the name is free again
     c.batch_execute("CREATE TABLE app.t (id int PRIMARY KEY)").unwrap();
-    create(&mut c, json!({"name": "watch", "table": {"schema": "app", "name": "t"}, "webhook": "http://x.example", "insert": {"columns": "*"}}));
+    create(
+        &mut c,
+        json!({"name": "watch", "table": {"schema": "app", "name": "t"}, "webhook": "http://x.example", "insert": {"columns": "*"}}),
+    );
 }
 
 #[test]
@@ -74,13 +78,19 @@ fn manual_only_triggers_follow_their_table_too() {
 fn listed_columns_cannot_be_dropped_without_cascade() {
     let mut c = setup("drop_column");
     for col in ["email", "name"] {
-        let e = assert_sql_error(&mut c, &format!("ALTER TABLE app.t DROP COLUMN {col}"), "2BP01", &[col, "other objects depend on it"]);
+        let e = assert_sql_error(
+            &mut c,
+            &format!("ALTER TABLE app.t DROP COLUMN {col}"),
+            "2BP01",
+            &[col, "other objects depend on it"],
+        );
         assert!(e.hint.unwrap().contains("CASCADE"));
     }
     // an unlisted column goes, and capture goes on without it
     c.batch_execute("ALTER TABLE app.t DROP COLUMN extra").unwrap();
     c.batch_execute("INSERT INTO app.t VALUES (1, 'a', 'e'); DELETE FROM app.t").unwrap();
-    let old: Value = one(&mut c, "SELECT payload->'data'->'old' FROM webhooks.event_log WHERE payload->>'op' = 'DELETE'");
+    let old: Value =
+        one(&mut c, "SELECT payload->'data'->'old' FROM webhooks.event_log WHERE payload->>'op' = 'DELETE'");
     assert_eq!(old, json!({"id": 1, "name": "a", "email": "e"}));
     // with CASCADE the table trigger goes, and the event trigger with it
     c.batch_execute("ALTER TABLE app.t DROP COLUMN email CASCADE").unwrap();
@@ -92,10 +102,16 @@ fn listed_columns_cannot_be_dropped_without_cascade() {
 #[test]
 fn listed_columns_keep_their_type() {
     let mut c = setup("alter_type");
-    assert_sql_error(&mut c, "ALTER TABLE app.t ALTER COLUMN email TYPE varchar(200)", "0A000", &["used in a trigger definition"]);
+    assert_sql_error(
+        &mut c,
+        "ALTER TABLE app.t ALTER COLUMN email TYPE varchar(200)",
+        "0A000",
+        &["used in a trigger definition"],
+    );
     c.batch_execute("ALTER TABLE app.t ALTER COLUMN extra TYPE int USING NULL").unwrap();
     c.batch_execute("INSERT INTO app.t VALUES (1, 'a', 'e', 5); DELETE FROM app.t").unwrap();
-    let old: Value = one(&mut c, "SELECT payload->'data'->'old' FROM webhooks.event_log WHERE payload->>'op' = 'DELETE'");
+    let old: Value =
+        one(&mut c, "SELECT payload->'data'->'old' FROM webhooks.event_log WHERE payload->>'op' = 'DELETE'");
     assert_eq!(old["extra"], json!(5), "capture follows the new type");
 }
 
@@ -118,7 +134,8 @@ fn renames_are_followed() {
     };
     assert_eq!((schema.as_str(), table.as_str()), ("crm", "people"));
 
-    c.batch_execute("INSERT INTO crm.people VALUES (2, 'b', 'e2'); UPDATE crm.people SET mail = 'new' WHERE id = 2;").unwrap();
+    c.batch_execute("INSERT INTO crm.people VALUES (2, 'b', 'e2'); UPDATE crm.people SET mail = 'new' WHERE id = 2;")
+        .unwrap();
     let rows = c
         .query("SELECT schema_name, table_name, payload->'data' FROM webhooks.event_log ORDER BY id OFFSET 1", &[])
         .unwrap();
@@ -149,7 +166,10 @@ fn drop_extension_needs_cascade_and_leaves_nothing() {
     assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM pg_proc WHERE proname = 'capture'"), 0);
     assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM pg_event_trigger"), 0);
     assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM pg_namespace WHERE nspname = 'webhooks'"), 0);
-    c.batch_execute("INSERT INTO app.t VALUES (2, 'b', 'e', 'x'); ALTER TABLE app.t DROP COLUMN email; DROP TABLE app.t;").unwrap();
+    c.batch_execute(
+        "INSERT INTO app.t VALUES (2, 'b', 'e', 'x'); ALTER TABLE app.t DROP COLUMN email; DROP TABLE app.t;",
+    )
+    .unwrap();
     // and it can come back
     c.batch_execute("CREATE EXTENSION pg_webhooks").unwrap();
     assert_eq!(definitions(&mut c), 0);

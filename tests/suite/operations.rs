@@ -27,17 +27,16 @@ fn definitions_and_undelivered_events_survive_dump_and_restore() {
     let mut admin = cluster.connect("postgres");
     admin.batch_execute("CREATE DATABASE src").unwrap();
     let mut src = cluster.connect("src");
-    src.batch_execute("CREATE EXTENSION pg_webhooks; CREATE TABLE t (id int PRIMARY KEY, email text, note text)").unwrap();
+    src.batch_execute("CREATE EXTENSION pg_webhooks; CREATE TABLE t (id int PRIMARY KEY, email text, note text)")
+        .unwrap();
     let args = json!({"name": "t_changed", "table": "t", "webhook": r.url("/ok/restored"),
                       "insert": {"columns": "*"}, "update": {"columns": ["email"]},
                       "retry_conf": {"num_retries": 2, "interval_sec": 1}});
     src.execute("SELECT webhooks.create_event_trigger($1)", &[&args]).unwrap();
     // The worker serves "restored", so these stay pending here.
     src.batch_execute("INSERT INTO t VALUES (1, 'a@x', 'n'), (2, 'b@x', 'n'), (3, 'c@x', 'n')").unwrap();
-    src.batch_execute(
-        "UPDATE webhooks.event_log SET delivered = true WHERE payload #>> '{data,new,id}' = '3'",
-    )
-    .unwrap();
+    src.batch_execute("UPDATE webhooks.event_log SET delivered = true WHERE payload #>> '{data,new,id}' = '3'")
+        .unwrap();
     let definition: Value = one(&mut src, "SELECT definition FROM webhooks.event_triggers");
 
     let dump = cluster.dir.join("src.dump");
@@ -52,7 +51,11 @@ fn definitions_and_undelivered_events_survive_dump_and_restore() {
 
     let mut c = cluster.connect("restored");
     assert_eq!(one::<Value>(&mut c, "SELECT definition FROM webhooks.event_triggers"), definition);
-    assert_eq!(one::<String>(&mut c, "SELECT owner::text FROM webhooks.event_triggers"), "postgres", "owned by the extension's owner");
+    assert_eq!(
+        one::<String>(&mut c, "SELECT owner::text FROM webhooks.event_triggers"),
+        "postgres",
+        "owned by the extension's owner"
+    );
     c.batch_execute("INSERT INTO t VALUES (4, 'd@x', 'n'); UPDATE t SET note = 'ignored' WHERE id = 4;").unwrap();
     r.wait_for("/ok/restored", 3, WAIT);
     let events: i64 = one(&mut c, "SELECT count(*) FROM webhooks.event_log");
@@ -79,7 +82,8 @@ fn with_retention_the_event_log_levels_off() {
     while start.elapsed() < Duration::from_secs(30) {
         let second = Instant::now();
         for _ in 0..10 {
-            c.batch_execute(&format!("INSERT INTO s SELECT g FROM generate_series({}, {}) g", id + 1, id + 10)).unwrap();
+            c.batch_execute(&format!("INSERT INTO s SELECT g FROM generate_series({}, {}) g", id + 1, id + 10))
+                .unwrap();
             id += 10;
             std::thread::sleep(Duration::from_millis(90));
         }
@@ -173,7 +177,8 @@ fn update_from(from: &str) {
     let definition: Value = one(&mut c, "SELECT definition FROM webhooks.event_triggers");
 
     // The update runs in the same transaction as a captured write.
-    c.batch_execute("BEGIN; INSERT INTO t VALUES (3, 'c@x', 'n'); ALTER EXTENSION pg_webhooks UPDATE; COMMIT;").unwrap();
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (3, 'c@x', 'n'); ALTER EXTENSION pg_webhooks UPDATE; COMMIT;")
+        .unwrap();
     let version: String = one(&mut c, "SELECT extversion FROM pg_extension WHERE extname = 'pg_webhooks'");
     assert_eq!(version, current);
     let undescribed: Vec<String> = c
@@ -189,14 +194,20 @@ fn update_from(from: &str) {
         .collect();
     assert!(undescribed.is_empty(), "every public function has a description after the update: {undescribed:?}");
     assert_eq!(one::<Value>(&mut c, "SELECT definition FROM webhooks.event_triggers"), definition);
-    assert_eq!(one::<String>(&mut c, "SELECT owner::text FROM webhooks.event_triggers"), "postgres", "owned by the extension's owner");
+    assert_eq!(
+        one::<String>(&mut c, "SELECT owner::text FROM webhooks.event_triggers"),
+        "postgres",
+        "owned by the extension's owner"
+    );
     let pending: i64 = one(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE NOT delivered");
     assert_eq!(pending, 3, "the events captured before and during the update are pending");
 
     c.batch_execute("SELECT webhooks.resume_event_trigger('t_changed')").unwrap();
     r.wait_for("/ok/upgraded", 3, WAIT);
-    c.batch_execute("INSERT INTO t VALUES (4, 'd@x', 'n'); UPDATE t SET email = 'e@x' WHERE id = 1; UPDATE t SET note = 'x';")
-        .unwrap();
+    c.batch_execute(
+        "INSERT INTO t VALUES (4, 'd@x', 'n'); UPDATE t SET email = 'e@x' WHERE id = 1; UPDATE t SET note = 'x';",
+    )
+    .unwrap();
     let got = r.wait_for("/ok/upgraded", 5, WAIT);
     let mut seen: Vec<(String, i64)> = got
         .iter()
@@ -207,8 +218,13 @@ fn update_from(from: &str) {
         })
         .collect();
     seen.sort();
-    let want: Vec<(String, i64)> =
-        vec![("INSERT".into(), 1), ("INSERT".into(), 2), ("INSERT".into(), 3), ("INSERT".into(), 4), ("UPDATE".into(), 1)];
+    let want: Vec<(String, i64)> = vec![
+        ("INSERT".into(), 1),
+        ("INSERT".into(), 2),
+        ("INSERT".into(), 3),
+        ("INSERT".into(), 4),
+        ("UPDATE".into(), 1),
+    ];
     assert_eq!(seen, want, "old events delivered; capture and the email filter work after the update");
     let args = json!({"name": "t_new", "table": "t", "webhook": r.url("/ok/new"), "delete": {"columns": "*"}});
     c.execute("SELECT webhooks.create_event_trigger($1)", &[&args]).unwrap();

@@ -15,7 +15,10 @@ fn role(c: &mut postgres::Client, name: &str) {
 fn nothing_is_granted_to_public() {
     let mut c = fresh_db("no_public");
     role(&mut c, "pgwh_nobody");
-    c.batch_execute("CREATE TABLE t (id int); GRANT ALL ON t TO pgwh_nobody; GRANT CREATE ON SCHEMA public TO pgwh_nobody;").unwrap();
+    c.batch_execute(
+        "CREATE TABLE t (id int); GRANT ALL ON t TO pgwh_nobody; GRANT CREATE ON SCHEMA public TO pgwh_nobody;",
+    )
+    .unwrap();
     let public_acl: i64 = one(
         &mut c,
         "SELECT count(*) FROM (
@@ -25,10 +28,8 @@ fn nothing_is_granted_to_public() {
          WHERE grantee = 0",
     );
     assert_eq!(public_acl, 0, "no ACL entry for PUBLIC");
-    let unset: i64 = one(
-        &mut c,
-        "SELECT count(*) FROM pg_proc WHERE pronamespace = 'webhooks'::regnamespace AND proacl IS NULL",
-    );
+    let unset: i64 =
+        one(&mut c, "SELECT count(*) FROM pg_proc WHERE pronamespace = 'webhooks'::regnamespace AND proacl IS NULL");
     assert_eq!(unset, 0, "every function has an explicit ACL (a NULL ACL means EXECUTE for PUBLIC)");
 
     let mut nobody = connect_as("t_no_public", "pgwh_nobody");
@@ -88,7 +89,9 @@ fn create_extension_warns_when_not_preloaded() {
     c.batch_execute("CREATE EXTENSION pg_webhooks").unwrap();
     let got = notices.lock().unwrap().clone();
     assert!(
-        got.iter().any(|n| n.starts_with("WARNING") && n.contains("not in shared_preload_libraries") && n.contains("nothing will be delivered")),
+        got.iter().any(|n| n.starts_with("WARNING")
+            && n.contains("not in shared_preload_libraries")
+            && n.contains("nothing will be delivered")),
         "{got:?}"
     );
     // capture works all the same

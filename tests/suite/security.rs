@@ -156,7 +156,8 @@ fn look_alike_operators_and_functions_never_run() {
 
     let v1 = json!({"type": "create_event_trigger", "args": args("via_v1", "evil", "t")});
     let v2 = json!({"type": "pg_create_event_trigger", "args": args("via_v2", "evil", "t")});
-    let bulk = json!({"type": "bulk", "args": [{"type": "create_event_trigger", "args": args("via_bulk", "evil", "t")}]});
+    let bulk =
+        json!({"type": "bulk", "args": [{"type": "create_event_trigger", "args": args("via_bulk", "evil", "t")}]});
     let metadata = json!({"version": 3, "sources": [{"name": "default", "kind": "postgres", "tables": [
         {"table": {"schema": "evil", "name": "t"}, "event_triggers": [{
             "name": "via_import", "definition": {"enable_manual": true, "insert": {"columns": "*"}},
@@ -322,19 +323,29 @@ fn other_roles_triggers_are_out_of_reach() {
     let attempts: Vec<(&str, String)> = vec![
         ("create_event_trigger", format!("SELECT webhooks.create_event_trigger('{takeover}')")),
         ("query v1", format!("SELECT webhooks.query('{}')", json!({"type": "create_event_trigger", "args": takeover}))),
-        ("query v2", format!("SELECT webhooks.query('{}')", json!({"type": "pg_create_event_trigger", "args": takeover}))),
+        (
+            "query v2",
+            format!("SELECT webhooks.query('{}')", json!({"type": "pg_create_event_trigger", "args": takeover})),
+        ),
         (
             "query bulk",
-            format!("SELECT webhooks.query('{}')", json!({"type": "bulk", "args": [{"type": "create_event_trigger", "args": takeover}]})),
+            format!(
+                "SELECT webhooks.query('{}')",
+                json!({"type": "bulk", "args": [{"type": "create_event_trigger", "args": takeover}]})
+            ),
         ),
         ("delete", "SELECT webhooks.delete_event_trigger('orders')".into()),
-        ("query delete", r#"SELECT webhooks.query('{"type": "pg_delete_event_trigger", "args": {"name": "orders"}}')"#.into()),
+        (
+            "query delete",
+            r#"SELECT webhooks.query('{"type": "pg_delete_event_trigger", "args": {"name": "orders"}}')"#.into(),
+        ),
         ("pause", "SELECT webhooks.pause_event_trigger('orders')".into()),
         ("resume", "SELECT webhooks.resume_event_trigger('orders')".into()),
         ("invoke", "SELECT webhooks.invoke_event_trigger('orders', '{\"forged\": true}')".into()),
         (
             "query invoke",
-            r#"SELECT webhooks.query('{"type": "invoke_event_trigger", "args": {"name": "orders", "payload": {}}}')"#.into(),
+            r#"SELECT webhooks.query('{"type": "invoke_event_trigger", "args": {"name": "orders", "payload": {}}}')"#
+                .into(),
         ),
         ("redeliver", format!("SELECT webhooks.redeliver_event('{event}')")),
         (
@@ -355,9 +366,12 @@ fn other_roles_triggers_are_out_of_reach() {
 
     // A member of the owner role manages it; so does a superuser.
     let mut m = connect_as(&db, colleague);
-    m.batch_execute("SELECT webhooks.resume_event_trigger('orders'); SELECT webhooks.pause_event_trigger('orders')").unwrap();
-    c.batch_execute(&format!("SELECT webhooks.redeliver_event('{event}'); SELECT webhooks.delete_event_trigger('orders')"))
+    m.batch_execute("SELECT webhooks.resume_event_trigger('orders'); SELECT webhooks.pause_event_trigger('orders')")
         .unwrap();
+    c.batch_execute(&format!(
+        "SELECT webhooks.redeliver_event('{event}'); SELECT webhooks.delete_event_trigger('orders')"
+    ))
+    .unwrap();
     assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_triggers"), 0);
 }
 
@@ -369,7 +383,8 @@ fn environment_variables_need_an_allowance() {
     let (db, mut c) = fresh_db("env_allowance");
     let role = "pgwh_sec_env";
     app_admin(&mut c, role);
-    c.batch_execute(&format!("CREATE TABLE public.t (id int PRIMARY KEY); ALTER TABLE public.t OWNER TO {role};")).unwrap();
+    c.batch_execute(&format!("CREATE TABLE public.t (id int PRIMARY KEY); ALTER TABLE public.t OWNER TO {role};"))
+        .unwrap();
     let mut a = connect_as(&db, role);
     let base = args("envy", "public", "t");
     let with = |k: &str, v: Value| {
@@ -384,17 +399,31 @@ fn environment_variables_need_an_allowance() {
         ("webhook", with("webhook", json!("http://127.0.0.1:9/?s={{PGWH_TEST_SECRET}}"))),
         ("webhook", with("webhook", json!("http://127.0.0.1:9/?s={{PGWH_NO_SUCH_VAR}}"))),
         ("webhook_from_env", with("webhook_from_env", json!("PGWH_TEST_URL"))),
-        ("headers[0].value_from_env", with("headers", json!([{"name": "X-Leak", "value_from_env": "PGWH_TEST_SECRET"}]))),
+        (
+            "headers[0].value_from_env",
+            with("headers", json!([{"name": "X-Leak", "value_from_env": "PGWH_TEST_SECRET"}])),
+        ),
         ("headers[0].value_from_env", with("headers", json!([{"name": "X-Leak", "value_from_env": "HOME"}]))),
-        ("headers[0].value_from_env", with("headers", json!([{"name": "X-Leak", "value_from_env": "PGWH_NO_SUCH_VAR"}]))),
+        (
+            "headers[0].value_from_env",
+            with("headers", json!([{"name": "X-Leak", "value_from_env": "PGWH_NO_SUCH_VAR"}])),
+        ),
     ];
     for (key, def) in &refused {
         for sql in [
             format!("SELECT webhooks.create_event_trigger('{def}')"),
             format!("SELECT webhooks.query('{}')", json!({"type": "pg_create_event_trigger", "args": def})),
-            format!("SELECT webhooks.query('{}')", json!({"type": "bulk", "args": [{"type": "create_event_trigger", "args": def}]})),
+            format!(
+                "SELECT webhooks.query('{}')",
+                json!({"type": "bulk", "args": [{"type": "create_event_trigger", "args": def}]})
+            ),
         ] {
-            let e = assert_sql_error(&mut a, &sql, "42501", &[&format!("\"{key}\""), "is not in webhooks.allowed_env_vars"]);
+            let e = assert_sql_error(
+                &mut a,
+                &sql,
+                "42501",
+                &[&format!("\"{key}\""), "is not in webhooks.allowed_env_vars"],
+            );
             assert!(!e.message.contains("not set"), "the refusal must not tell whether the variable exists: {e:?}");
         }
     }
@@ -412,8 +441,12 @@ fn environment_variables_need_an_allowance() {
     assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_triggers"), 0, "nothing half done");
 
     // Allowed names and prefixes work; a missing allowed one says so.
-    call(&mut a, "create_event_trigger", &with("headers", json!([{"name": "X-T", "value_from_env": "PGWH_ALLOWED_TOKEN"}])))
-        .unwrap();
+    call(
+        &mut a,
+        "create_event_trigger",
+        &with("headers", json!([{"name": "X-T", "value_from_env": "PGWH_ALLOWED_TOKEN"}])),
+    )
+    .unwrap();
     let mut host = with("webhook", json!("http://{{PGWH_TEST_HOST}}/h"));
     host["name"] = json!("envy2");
     call(&mut a, "create_event_trigger", &host).unwrap();
@@ -476,10 +509,12 @@ fn definitions_and_timeouts_are_bounded() {
     let (db, mut c) = fresh_db("bounded");
     let role = "pgwh_sec_bounded";
     app_admin(&mut c, role);
-    c.batch_execute(&format!("CREATE TABLE public.t (id int PRIMARY KEY); ALTER TABLE public.t OWNER TO {role};")).unwrap();
+    c.batch_execute(&format!("CREATE TABLE public.t (id int PRIMARY KEY); ALTER TABLE public.t OWNER TO {role};"))
+        .unwrap();
     let mut a = connect_as(&db, role);
     let mut huge = args("huge", "public", "t");
-    huge["headers"] = json!((0..20).map(|i| json!({"name": format!("X-{i}"), "value": "v".repeat(4000)})).collect::<Vec<_>>());
+    huge["headers"] =
+        json!((0..20).map(|i| json!({"name": format!("X-{i}"), "value": "v".repeat(4000)})).collect::<Vec<_>>());
     for sql in [
         format!("SELECT webhooks.create_event_trigger('{huge}')"),
         format!("SELECT webhooks.query('{}')", json!({"type": "create_event_trigger", "args": huge})),
@@ -515,7 +550,8 @@ fn unchanged_definitions_are_read_once() {
          SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_webhooks';",
     )
     .unwrap();
-    let def = json!({"name": "sec_reads", "table": "sec_reads", "webhook": r.url("/sec_reads"), "insert": {"columns": "*"}});
+    let def =
+        json!({"name": "sec_reads", "table": "sec_reads", "webhook": r.url("/sec_reads"), "insert": {"columns": "*"}});
     call(&mut c, "create_event_trigger", &def).unwrap();
     for i in 0..30 {
         c.batch_execute(&format!("INSERT INTO sec_reads VALUES ({i})")).unwrap();

@@ -31,7 +31,9 @@ fn steady_load_with_failures_and_retries() {
     while start.elapsed() < Duration::from_secs(secs) {
         // 1,200 events a second: 60 transactions of 20 rows, every 50 ms.
         let tick = Instant::now();
-        writer.batch_execute(&format!("INSERT INTO soak SELECT g, 'v' FROM generate_series({}, {}) g", id + 1, id + 60)).unwrap();
+        writer
+            .batch_execute(&format!("INSERT INTO soak SELECT g, 'v' FROM generate_series({}, {}) g", id + 1, id + 60))
+            .unwrap();
         id += 60;
         if tick >= next_sample {
             next_sample += Duration::from_secs(10);
@@ -46,8 +48,12 @@ fn steady_load_with_failures_and_retries() {
                 .unwrap();
             let pid: i32 = row.get(0);
             let rss = private_memory_mb(pid);
-            let sample = (start.elapsed().as_secs(), rss, row.get::<_, f64>(1), row.get::<_, i64>(2), row.get::<_, i64>(3));
-            eprintln!("SOAK t={}s worker_rss={:.1}MB worker_xact_age={:.3}s event_log_dead={} event_log_rows={}", sample.0, sample.1, sample.2, sample.3, sample.4);
+            let sample =
+                (start.elapsed().as_secs(), rss, row.get::<_, f64>(1), row.get::<_, i64>(2), row.get::<_, i64>(3));
+            eprintln!(
+                "SOAK t={}s worker_rss={:.1}MB worker_xact_age={:.3}s event_log_dead={} event_log_rows={}",
+                sample.0, sample.1, sample.2, sample.3, sample.4
+            );
             samples.push(sample);
         }
         if let Some(rest) = Duration::from_millis(50).checked_sub(tick.elapsed()) {
@@ -62,7 +68,9 @@ fn steady_load_with_failures_and_retries() {
         (r.distinct_events() as i64 >= id).then_some(())
     });
     let failed_first = r.received().len() as i64 - id;
-    eprintln!("SOAK {id} events in {secs} s ({rate:.0}/s), {failed_first} retried after a failed first attempt, all received");
+    eprintln!(
+        "SOAK {id} events in {secs} s ({rate:.0}/s), {failed_first} retried after a failed first attempt, all received"
+    );
     assert!(failed_first > 0, "some first attempts failed and were retried");
     for s in &samples {
         assert!(s.2 < 5.0, "no worker transaction older than the HTTP timeout: {s:?}");
