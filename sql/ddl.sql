@@ -40,8 +40,7 @@ BEGIN
               AND c.relname = et.table_name AND n.nspname = et.schema_name)
         FOR UPDATE OF et
     LOOP
-        UPDATE webhooks.event_log SET archived = true
-        WHERE trigger_name = gone.name AND NOT delivered AND NOT error AND NOT archived;
+        PERFORM webhooks._archive_pending(gone.name);
         DELETE FROM webhooks.event_triggers WHERE name = gone.name;
         RAISE NOTICE 'event trigger "%" on %.% was deleted because its table trigger was dropped; its undelivered events are archived',
             gone.name, quote_ident(gone.schema_name), quote_ident(gone.table_name);

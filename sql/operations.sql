@@ -16,17 +16,20 @@ SELECT t.name AS trigger_name,
        t.paused
 FROM webhooks.event_triggers t
 LEFT JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE NOT e.delivered AND NOT e.error AND NOT e.archived AND e.locked IS NULL) AS pending,
-           count(*) FILTER (WHERE NOT e.delivered AND NOT e.error AND NOT e.archived AND e.locked IS NOT NULL) AS in_flight,
+    SELECT count(*) FILTER (WHERE e.is_pending AND e.locked IS NULL) AS pending,
+           count(*) FILTER (WHERE e.is_pending AND e.locked IS NOT NULL) AS in_flight,
            count(*) FILTER (WHERE e.delivered) AS delivered,
            count(*) FILTER (WHERE e.error) AS errors,
            count(*) FILTER (WHERE e.tries > 0) AS retries,
-           now() - min(e.created_at) FILTER (WHERE NOT e.delivered AND NOT e.error AND NOT e.archived) AS oldest_pending_age,
+           now() - min(e.created_at) FILTER (WHERE e.is_pending) AS oldest_pending_age,
            (SELECT max(l.created_at) FROM webhooks.event_invocation_logs l
              WHERE l.trigger_name = t.name AND l.status BETWEEN 200 AND 299) AS last_delivered_at,
            max(e.created_at) FILTER (WHERE e.error) AS last_error_at
-    FROM webhooks.event_log e
-    WHERE e.trigger_name = t.name
+    FROM (SELECT ev.delivered, ev.error, ev.tries, ev.created_at, ev.locked,
+                 -- pending: as in event_log.rs and the fetch index
+                 NOT ev.delivered AND NOT ev.error AND NOT ev.archived AS is_pending
+          FROM webhooks.event_log ev
+          WHERE ev.trigger_name = t.name) e
 ) s ON true;
 
 -- Deletes finished events older than the cutoff, with their invocation

@@ -27,3 +27,70 @@ ALTER FUNCTION webhooks.import_hasura_metadata(jsonb) SET search_path = pg_catal
 ALTER FUNCTION webhooks.worker_status() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION webhooks._record_dependencies(text) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION webhooks._warn_if_not_preloaded() SET search_path = pg_catalog, pg_temp;
+
+-- Structure: the pending condition of the event log is written once in the
+-- library; the DDL event trigger archives through it, and the view names it
+-- once.
+CREATE FUNCTION webhooks."_archive_pending"("name" TEXT) RETURNS void
+STRICT LANGUAGE c AS 'MODULE_PATHNAME', '_archive_pending_wrapper';
+ALTER FUNCTION webhooks._archive_pending(text) SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION webhooks._archive_pending(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION webhooks._on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    gone record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_event_trigger_dropped_objects() WHERE object_type = 'trigger') THEN
+        RETURN;
+    END IF;
+    FOR gone IN
+        SELECT et.name, et.schema_name, et.table_name
+        FROM webhooks.event_triggers et
+        WHERE NOT EXISTS (
+            SELECT FROM pg_trigger t
+            JOIN pg_class c ON c.oid = t.tgrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE t.tgname = webhooks._capture_trigger_name(et.name)
+              AND t.tgfoid = 'webhooks.capture()'::regprocedure
+              AND c.relname = et.table_name AND n.nspname = et.schema_name)
+        FOR UPDATE OF et
+    LOOP
+        PERFORM webhooks._archive_pending(gone.name);
+        DELETE FROM webhooks.event_triggers WHERE name = gone.name;
+        RAISE NOTICE 'event trigger "%" on %.% was deleted because its table trigger was dropped; its undelivered events are archived',
+            gone.name, quote_ident(gone.schema_name), quote_ident(gone.table_name);
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE VIEW webhooks.event_stats AS
+SELECT t.name AS trigger_name,
+       coalesce(s.pending, 0)    AS pending,
+       coalesce(s.in_flight, 0)  AS in_flight,
+       coalesce(s.delivered, 0)  AS delivered,
+       coalesce(s.errors, 0)     AS errors,
+       coalesce(s.retries, 0)    AS retries,
+       s.oldest_pending_age,
+       s.last_delivered_at,
+       s.last_error_at,
+       t.paused
+FROM webhooks.event_triggers t
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE e.is_pending AND e.locked IS NULL) AS pending,
+           count(*) FILTER (WHERE e.is_pending AND e.locked IS NOT NULL) AS in_flight,
+           count(*) FILTER (WHERE e.delivered) AS delivered,
+           count(*) FILTER (WHERE e.error) AS errors,
+           count(*) FILTER (WHERE e.tries > 0) AS retries,
+           now() - min(e.created_at) FILTER (WHERE e.is_pending) AS oldest_pending_age,
+           (SELECT max(l.created_at) FROM webhooks.event_invocation_logs l
+             WHERE l.trigger_name = t.name AND l.status BETWEEN 200 AND 299) AS last_delivered_at,
+           max(e.created_at) FILTER (WHERE e.error) AS last_error_at
+    FROM (SELECT ev.delivered, ev.error, ev.tries, ev.created_at, ev.locked,
+                 -- pending: as in event_log.rs and the fetch index
+                 NOT ev.delivered AND NOT ev.error AND NOT ev.archived AS is_pending
+          FROM webhooks.event_log ev
+          WHERE ev.trigger_name = t.name) e
+) s ON true;

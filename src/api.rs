@@ -399,6 +399,15 @@ fn _record_dependencies(name: &str) {
     });
 }
 
+/// Archives the pending events of a trigger whose table trigger was
+/// dropped; the DDL event trigger calls it (`sql/ddl.sql`).
+#[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
+fn _archive_pending(name: &str) {
+    let owner = catalog::extension_owner();
+    catalog::as_owner(owner, || event_log::archive_pending(name));
+}
+
 fn drop_table_trigger(name: &str, schema: &str, table: &str) {
     let qualified = quote_qualified_identifier(schema, table);
     let exists = spi(Spi::get_one_with_args::<bool>(
