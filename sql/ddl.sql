@@ -149,3 +149,9 @@ CREATE EVENT TRIGGER pg_webhooks_sql_drop ON sql_drop
 CREATE EVENT TRIGGER pg_webhooks_ddl_command_end ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA', 'CREATE TRIGGER')
     EXECUTE FUNCTION webhooks._on_ddl_command_end();
+
+-- Every change to a definition, by any path, makes capture in every backend
+-- read definitions again once it commits (src/wake.rs).
+CREATE TRIGGER definitions_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON webhooks.event_triggers
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks._definitions_changed();

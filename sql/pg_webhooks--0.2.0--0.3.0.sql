@@ -94,3 +94,15 @@ LEFT JOIN LATERAL (
           FROM webhooks.event_log ev
           WHERE ev.trigger_name = t.name) e
 ) s ON true;
+
+-- Correctness: capture in every backend reads a definition again when any
+-- definition changes (a shared generation bumped at commit by this trigger)
+-- and reads it with a fresh snapshot.
+CREATE FUNCTION webhooks."_definitions_changed"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', '_definitions_changed_wrapper';
+REVOKE ALL ON FUNCTION webhooks._definitions_changed() FROM PUBLIC;
+CREATE TRIGGER definitions_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON webhooks.event_triggers
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks._definitions_changed();

@@ -481,8 +481,11 @@ pub fn invoke(name: &str, payload: &Value) -> pgrx::Uuid {
     let owner = catalog::extension_owner();
     let id = event_log::new_event_id();
     catalog::as_owner(owner, || {
-        let found = managed_trigger(name, caller, owner, Lock::None);
-        let def = Definition::from_stored(&found.definition.0).or_raise();
+        managed_trigger(name, caller, owner, Lock::None);
+        // The definition as last committed, as capture reads it, whatever
+        // this transaction's snapshot.
+        let Some(stored) = definitions::definition_latest(name) else { raise(unknown_trigger(name)) };
+        let def = Definition::from_stored(&stored).or_raise();
         if !def.enable_manual {
             raise(
                 ApiError::new(

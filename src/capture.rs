@@ -39,6 +39,9 @@ use crate::{catalog, definitions, event_log};
 /// One compiled trigger, valid until its relation is invalidated.
 struct Compiled {
     relid: pg_sys::Oid,
+    /// [`generation`] when the definition was read: a newer one means some
+    /// definition changed since, and this one is read again.
+    generation: u64,
     insert: Option<RowShape>,
     update: Option<RowShape>,
     delete: Option<RowShape>,
@@ -70,24 +73,61 @@ struct Watched {
 
 thread_local! {
     static COMPILED: RefCell<HashMap<pg_sys::Oid, Rc<Compiled>>> = RefCell::new(HashMap::new());
+    /// Transactions ended in this backend: without shared memory (the
+    /// library not preloaded), a compiled entry lasts one transaction.
+    static LOCAL_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Relations invalidated since the last row.
     static STALE: RefCell<Option<Vec<pg_sys::Oid>>> = const { RefCell::new(None) };
     /// Every relation was invalidated (or the list was busy).
     static STALE_ALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Registers the relcache callback; called from `_PG_init`.
+/// Registers the relcache and transaction callbacks; called from
+/// `_PG_init`.
 pub fn init() {
-    // SAFETY: registers a callback for the life of the backend, in _PG_init.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0)) };
+    // SAFETY: registers callbacks for the life of the backend, in _PG_init.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0));
+        pg_sys::RegisterXactCallback(Some(on_xact_end), std::ptr::null_mut());
+    }
+}
+
+/// Which definitions a compiled entry was read under. Definitions live in a
+/// table, whose changes no relcache invalidation announces (a schema or a
+/// partitioned parent renamed, a definition replaced while a REPEATABLE
+/// READ writer had its snapshot): every commit that changes
+/// `webhooks.event_triggers` bumps a counter in shared memory, and entries
+/// read under an older count are read again. Without shared memory, entries
+/// last one transaction.
+fn generation() -> u64 {
+    match crate::shmem::shared() {
+        Some(s) => s.definitions_generation.load(std::sync::atomic::Ordering::Acquire),
+        None => LOCAL_GENERATION.with(|g| g.get()),
+    }
+}
+
+/// Counts transaction ends, for [`generation`] without shared memory.
+///
+/// # Safety
+/// Called by PostgreSQL only, on the backend's main thread.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    if matches!(
+        event,
+        pg_sys::XactEvent::XACT_EVENT_COMMIT
+            | pg_sys::XactEvent::XACT_EVENT_ABORT
+            | pg_sys::XactEvent::XACT_EVENT_PREPARE
+    ) {
+        LOCAL_GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
+    }
 }
 
 /// Only records what went stale: it may run in the middle of anything,
 /// including a compile, so it touches nothing else.
-#[pg_guard]
 ///
 /// # Safety
 /// Called by PostgreSQL only, on the backend's main thread.
+#[pg_guard]
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     if relid == pg_sys::Oid::INVALID {
         STALE_ALL.with(|s| s.set(true));
@@ -152,7 +192,8 @@ unsafe fn capture_row(td: &pg_sys::TriggerData) {
         let tupdesc = (*rel).rd_att;
 
         sweep_stale();
-        let have = COMPILED.with(|c| c.borrow().contains_key(&trigger.tgoid));
+        let current = generation();
+        let have = COMPILED.with(|c| c.borrow().get(&trigger.tgoid).is_some_and(|e| e.generation == current));
         if !have {
             let compiled = compile(trigger, rel);
             COMPILED.with(|c| c.borrow_mut().insert(trigger.tgoid, Rc::new(compiled)));
@@ -262,14 +303,18 @@ unsafe fn compile(trigger: &pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled 
         let name = CStr::from_ptr(*trigger.tgargs).to_string_lossy().into_owned();
         let owner = catalog::extension_owner();
         let relid = (*rel).rd_id;
-        let stored = catalog::as_owner(owner, || definitions::definition(&name));
+        // The generation first, then the definition with a fresh snapshot:
+        // a change that commits in between bumps the generation after this
+        // read, and the entry is read again on the next row.
+        let generation = generation();
+        let stored = catalog::as_owner(owner, || definitions::definition_latest(&name));
         let Some(stored) = stored else {
             // The definition is gone but its table trigger is not (someone
             // edited webhooks.event_triggers by hand). Capture nothing.
             warning!("pg_webhooks: event trigger \"{name}\" has no definition; its table trigger captures nothing");
-            return Compiled::empty(relid);
+            return Compiled::empty(relid, generation);
         };
-        let def = Definition::from_stored(&stored.0)
+        let def = Definition::from_stored(&stored)
             .unwrap_or_else(|e| error!("pg_webhooks: stored definition of \"{name}\" is invalid: {}", e.message));
 
         let tupdesc = PgTupleDesc::from_pg_unchecked((*rel).rd_att);
@@ -318,7 +363,7 @@ unsafe fn compile(trigger: &pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled 
             }
         }
 
-        let mut compiled = Compiled::empty(relid);
+        let mut compiled = Compiled::empty(relid, generation);
         let cxt = compiled.cxt;
         let shape = |spec: &Option<OpSpec>| -> Option<RowShape> {
             Some(match &spec.as_ref()?.payload {
@@ -345,7 +390,7 @@ impl Compiled {
     ///
     /// # Safety
     /// Must be called in a backend, on its main thread.
-    unsafe fn empty(relid: pg_sys::Oid) -> Compiled {
+    unsafe fn empty(relid: pg_sys::Oid, generation: u64) -> Compiled {
         // SAFETY: creates a child of CacheMemoryContext, freed by Drop.
         unsafe {
             let cxt = pg_sys::AllocSetContextCreateInternal(
@@ -357,6 +402,7 @@ impl Compiled {
             );
             Compiled {
                 relid,
+                generation,
                 insert: None,
                 update: None,
                 delete: None,

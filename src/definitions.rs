@@ -20,7 +20,6 @@ pub struct Found {
     /// The role that created it (the extension's owner before 0.3.0's
     /// `ALTER EXTENSION ... UPDATE`).
     pub owner: pg_sys::Oid,
-    pub definition: JsonB,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -60,7 +59,7 @@ fn owner_expr(alias: &str) -> String {
 /// Trigger `name`'s row, locked as asked.
 pub fn find(name: &str, lock: Lock) -> Option<Found> {
     let sql = format!(
-        "SELECT t.schema_name, t.table_name, {}, t.definition FROM webhooks.event_triggers t
+        "SELECT t.schema_name, t.table_name, {} FROM webhooks.event_triggers t
          WHERE t.name OPERATOR(pg_catalog.=) $1{}",
         owner_expr("t"),
         if lock == Lock::ForUpdate { " FOR UPDATE" } else { "" }
@@ -73,7 +72,6 @@ pub fn find(name: &str, lock: Lock) -> Option<Found> {
             schema: spi(row.get::<String>(1)).unwrap_or_default(),
             table: spi(row.get::<String>(2)).unwrap_or_default(),
             owner: spi(row.get::<pg_sys::Oid>(3)).unwrap_or(pg_sys::Oid::INVALID),
-            definition: spi(row.get::<JsonB>(4)).expect("definition is NOT NULL"),
         })
     })
 }
@@ -84,6 +82,54 @@ pub fn definition(name: &str) -> Option<JsonB> {
         "SELECT definition FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1",
         &[name.into()],
     ))
+}
+
+/// Trigger `name`'s definition as last committed, whatever the snapshot of
+/// the calling transaction (a REPEATABLE READ or SERIALIZABLE writer sees
+/// the definition that is current when it writes, as PostgreSQL's own
+/// triggers do after `CREATE OR REPLACE TRIGGER`).
+pub fn definition_latest(name: &str) -> Option<Value> {
+    let name = std::ffi::CString::new(name).expect("trigger names have no NUL");
+    Spi::connect(|_| {
+        // SAFETY: SPI is connected for the closure; the plan is prepared,
+        // run with a fresh MVCC snapshot (read-only, so SPI uses it as
+        // given) and freed here; the result is read before SPI disconnects.
+        unsafe {
+            let mut types = [pg_sys::TEXTOID];
+            let plan = pg_sys::SPI_prepare(
+                c"SELECT definition::pg_catalog.text FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1"
+                    .as_ptr(),
+                1,
+                types.as_mut_ptr(),
+            );
+            if plan.is_null() {
+                error!("pg_webhooks: preparing the definition lookup failed");
+            }
+            let mut values = [pg_sys::Datum::from(pg_sys::cstring_to_text(name.as_ptr()))];
+            let rc = pg_sys::SPI_execute_snapshot(
+                plan,
+                values.as_mut_ptr(),
+                c" ".as_ptr(),
+                pg_sys::GetLatestSnapshot(),
+                std::ptr::null_mut(),
+                true,
+                false,
+                1,
+            );
+            if rc != pg_sys::SPI_OK_SELECT as i32 {
+                error!("pg_webhooks: the definition lookup failed ({rc})");
+            }
+            let table = pg_sys::SPI_tuptable;
+            let found = if pg_sys::SPI_processed == 1 && !table.is_null() {
+                let text = pg_sys::SPI_getvalue(*(*table).vals, (*table).tupdesc, 1);
+                (!text.is_null()).then(|| std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned())
+            } else {
+                None
+            };
+            pg_sys::SPI_freeplan(plan);
+            found.map(|t| serde_json::from_str(&t).expect("a stored definition is JSON"))
+        }
+    })
 }
 
 /// Stores a new definition owned by `owner` (ignored before 0.3.0's
@@ -180,4 +226,21 @@ pub fn definitions_of(names: Vec<String>) -> Vec<(String, String, JsonB)> {
             })
             .collect()
     })
+}
+
+#[pg_schema]
+mod webhooks {
+    use pgrx::prelude::*;
+
+    /// The statement trigger on `webhooks.event_triggers` (`sql/ddl.sql`):
+    /// whatever changes a definition (the SQL functions, the DDL event
+    /// triggers, a superuser's UPDATE, pg_restore), every backend's capture
+    /// recompiles once the change commits.
+    #[pg_trigger]
+    fn _definitions_changed<'a>(
+        _trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+        crate::wake::note_definitions_changed();
+        Ok(None)
+    }
 }

@@ -190,7 +190,7 @@ impl Open {
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
             let tupdesc = (*rel).rd_att;
             let natts = (*tupdesc).natts as usize;
-            let attrs = (*tupdesc).attrs.as_slice(natts);
+            let attrs = crate::compat::attributes(tupdesc);
             let mut cols: Vec<Col> = Vec::with_capacity(natts);
             for att in attrs {
                 if att.attisdropped {
@@ -250,15 +250,7 @@ impl Open {
             let tuple = pg_sys::heap_form_tuple((*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::simple_heap_insert(self.rel, tuple);
             pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
-            pg_sys::ExecInsertIndexTuples(
-                self.rri,
-                self.slot,
-                self.estate,
-                false,
-                false,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            );
+            crate::compat::insert_index_tuples(self.rri, self.slot, self.estate);
             pg_sys::ExecClearTuple(self.slot);
             let econtext = (*self.estate).es_per_tuple_exprcontext;
             if !econtext.is_null() {
@@ -343,6 +335,7 @@ unsafe extern "C-unwind" fn process_utility(
             }
         }
         statement_done();
+        crate::wake::after_utility(pstmt);
     }
 }
 
@@ -354,10 +347,10 @@ extern "C-unwind" fn statement_done() {
 /// Closes the table before commit or PREPARE (a statement that ran no
 /// executor end, such as a portal closed at commit); forgets it on abort,
 /// where the transaction's resource owner releases it.
-#[pg_guard]
 ///
 /// # Safety
 /// Called by PostgreSQL only, on the backend's main thread.
+#[pg_guard]
 unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT
@@ -373,10 +366,10 @@ unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: 
 
 /// An insert that failed inside a subtransaction (caught by an exception
 /// block) is over: the table may be closed again.
-#[pg_guard]
 ///
 /// # Safety
 /// Called by PostgreSQL only, on the backend's main thread.
+#[pg_guard]
 unsafe extern "C-unwind" fn on_subxact_event(
     event: pg_sys::SubXactEvent::Type,
     _sub: pg_sys::SubTransactionId,

@@ -30,6 +30,7 @@ use pgrx::prelude::*;
 mod api;
 mod capture;
 mod catalog;
+mod compat;
 mod definitions;
 mod errors;
 mod event_log;
@@ -44,7 +45,11 @@ mod worker;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
-extension_sql_file!("../sql/ddl.sql", name = "ddl", requires = [capture::webhooks::capture]);
+extension_sql_file!(
+    "../sql/ddl.sql",
+    name = "ddl",
+    requires = [capture::webhooks::capture, definitions::webhooks::_definitions_changed]
+);
 extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["tables"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

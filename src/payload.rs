@@ -56,7 +56,7 @@ impl RowShape {
         // SAFETY: the descriptor's attributes are read within natts; allocations go to `cxt`.
         unsafe {
             let natts = (*tupdesc).natts as usize;
-            let attrs = (*tupdesc).attrs.as_slice(natts);
+            let attrs = crate::compat::attributes(tupdesc);
             let name_of = |a: &pg_sys::FormData_pg_attribute| CStr::from_ptr(a.attname.data.as_ptr()).to_owned();
             let picked: Vec<usize> = match only {
                 None => (0..natts).filter(|&i| !attrs[i].attisdropped).collect(),

@@ -26,6 +26,9 @@ pub struct WorkerShared {
     pub wake_requests: AtomicU64,
     /// The database the worker serves: commits elsewhere do not wake it.
     database: AtomicU32,
+    /// Bumped by every commit that changed `webhooks.event_triggers` (any
+    /// database): capture recompiles what it compiled before.
+    pub definitions_generation: AtomicU64,
 }
 
 // SAFETY: only atomics, and the latch pointer points into shared memory
@@ -62,6 +65,14 @@ pub fn wake_worker() {
             // harmless no-op.
             unsafe { pg_sys::SetLatch(latch) };
         }
+    }
+}
+
+/// Tells every backend's capture that definitions changed. Safe at commit:
+/// one atomic add.
+pub fn definitions_changed() {
+    if let Some(s) = shared() {
+        s.definitions_generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 

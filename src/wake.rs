@@ -1,41 +1,93 @@
-//! Waking the worker when a transaction that wrote events commits.
+//! What a commit tells other processes: that it wrote events (the worker
+//! wakes), and that it changed definitions (every backend's capture
+//! recompiles).
 //!
-//! Capture only sets a backend-local flag; a transaction callback, registered
-//! once per backend, acts on it at commit: once per transaction, not per row.
+//! Capture and the definitions trigger only set backend-local flags; a
+//! transaction callback, registered once per backend, acts on them at
+//! commit: once per transaction, not per row, and with nothing but atomics
+//! and a SetLatch. A prepared transaction's flags are dropped at PREPARE:
+//! `COMMIT PREPARED`, from whichever backend runs it, wakes the worker and
+//! marks definitions changed ([`after_utility`]), since that backend cannot
+//! know what the prepared transaction did.
 
 use std::cell::Cell;
 
 use pgrx::prelude::*;
 
+use crate::shmem;
+
 thread_local! {
     static WROTE_EVENTS: Cell<bool> = const { Cell::new(false) };
+    static DEFINITIONS_CHANGED: Cell<bool> = const { Cell::new(false) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Called after an event is written in the current transaction.
-pub fn note_event_written() {
-    if WROTE_EVENTS.with(|w| w.replace(true)) {
-        return;
-    }
+fn register() {
     if !REGISTERED.with(|r| r.replace(true)) {
         // SAFETY: registers a callback for the life of the backend.
         unsafe { pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut()) };
     }
 }
 
+/// Called after an event is written in the current transaction.
+pub fn note_event_written() {
+    if !WROTE_EVENTS.with(|w| w.replace(true)) {
+        register();
+    }
+}
+
+/// Called when the current transaction changes `webhooks.event_triggers`.
+pub fn note_definitions_changed() {
+    if !DEFINITIONS_CHANGED.with(|w| w.replace(true)) {
+        register();
+    }
+}
+
 /// Runs at every transaction end of this backend. It must not fail: at
 /// COMMIT an ERROR would be promoted to PANIC.
+///
+/// # Safety
+/// Called by PostgreSQL only, on the backend's main thread.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
-        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
-            if WROTE_EVENTS.with(|w| w.replace(false)) =>
-        {
-            crate::shmem::wake_worker();
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
+            // Definitions first: a worker woken for events of a new
+            // definition finds it; a backend that sees the new generation
+            // takes its snapshot after this commit became visible.
+            if DEFINITIONS_CHANGED.with(|w| w.replace(false)) {
+                shmem::definitions_changed();
+            }
+            if WROTE_EVENTS.with(|w| w.replace(false)) {
+                shmem::wake_worker();
+            }
         }
-        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+        pg_sys::XactEvent::XACT_EVENT_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             WROTE_EVENTS.with(|w| w.set(false));
+            DEFINITIONS_CHANGED.with(|w| w.set(false));
         }
         _ => {}
+    }
+}
+
+/// Called after every utility statement has run: a `COMMIT PREPARED` that
+/// succeeded may have committed events and definition changes.
+///
+/// # Safety
+/// `pstmt` must be the statement PostgreSQL just ran.
+pub unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt) {
+    // SAFETY: the planned statement and its utility node are valid while the
+    // hook that ran them returns.
+    let commit_prepared = unsafe {
+        let node = (*pstmt).utilityStmt;
+        !node.is_null()
+            && (*node).type_ == pg_sys::NodeTag::T_TransactionStmt
+            && (*node.cast::<pg_sys::TransactionStmt>()).kind == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED
+    };
+    if commit_prepared {
+        shmem::definitions_changed();
+        shmem::wake_worker();
     }
 }

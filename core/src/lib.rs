@@ -9,6 +9,8 @@
 //! - [`error`]: errors with the SQLSTATE they raise.
 //! - [`retry`]: success, retry or failure of an attempt; `Retry-After`.
 //! - [`hasura_metadata`]: event triggers from a Hasura metadata export.
+//! - [`webhook_url`]: URLs as sent (WHATWG-normalized) and as logged
+//!   (passwords redacted).
 //! - [`ids`]: time-ordered (v7) uuids without a system call each.
 //! - [`body`]: the JSON body a webhook receives.
 //! - [`request`]: an attempt's URL, headers and logged form from a
@@ -34,5 +36,6 @@ pub mod query;
 pub mod request;
 pub mod resolve;
 pub mod retry;
+pub mod webhook_url;
 
 pub use error::{ApiError, ApiResult, SqlState};

@@ -10,10 +10,11 @@
 use serde_json::{json, Value};
 
 use crate::body::WebhookBody;
-use crate::definition::{Definition, HeaderValue, Webhook};
+use crate::definition::{header_value_problem, Definition, HeaderValue, Webhook};
 use crate::env_policy::EnvPolicy;
 use crate::env_template::{self, EnvLookup};
 use crate::error::ApiError;
+use crate::webhook_url;
 
 /// A request ready to send, or to fail without sending.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,10 +60,19 @@ pub fn build(def: &Definition, body: &WebhookBody, env: EnvLookup, policy: &EnvP
             (url, format!("{{{{{var}}}}}"))
         }
     };
+    // Sent as the WHATWG URL standard normalizes it; a password in it is
+    // used for Basic authentication, never logged.
+    let url = url.and_then(|u| {
+        if let Some(p) = webhook_url::password(&u) {
+            secrets.push(p.to_string());
+        }
+        webhook_url::normalize(&u).map_err(|why| format!("the webhook URL {why}"))
+    });
     let url = url.unwrap_or_else(|e| {
         unsendable = Some(e);
         String::new()
     });
+    let url_logged = webhook_url::redact_password(&url_logged);
 
     let mut headers = Vec::with_capacity(def.headers.len() + 2);
     let mut logged = Vec::with_capacity(def.headers.len() + 2);
@@ -73,7 +83,10 @@ pub fn build(def: &Definition, body: &WebhookBody, env: EnvLookup, policy: &EnvP
                 logged.push(json!({"name": h.name, "value": v}));
             }
             HeaderValue::FromEnv(var) => {
-                match read(var) {
+                match read(var).and_then(|v| match header_value_problem(&v) {
+                    Some(why) => Err(format!("header {} from environment variable \"{var}\": {why}", h.name)),
+                    None => Ok(v),
+                }) {
                     Ok(v) => {
                         secrets.push(v.clone());
                         headers.push((h.name.clone(), v));
@@ -191,6 +204,27 @@ mod tests {
         let d = def(json!({"webhook": "https://{{TOKEN}}.example/"}));
         let r = build(&d, &body(), &env, &EnvPolicy::from_setting(""), 0);
         assert!(r.unsendable.unwrap().contains("\"TOKEN\" is not in webhooks.allowed_env_vars"));
+    }
+
+    #[test]
+    fn urls_are_normalized_and_passwords_kept_out_of_the_log() {
+        let d = def(json!({"webhook": "http://ada:pa55word@h.example/x?where={\"s\":1}#f"}));
+        let r = build(&d, &body(), &env, &EnvPolicy::unrestricted(), 0);
+        assert_eq!(r.unsendable, None);
+        assert_eq!(r.url, "http://ada:pa55word@h.example/x?where={%22s%22:1}");
+        let logged: Value = serde_json::from_str(&r.logged).unwrap();
+        assert_eq!(logged["url"], json!("http://ada:<redacted>@h.example/x?where={\"s\":1}#f"));
+        assert!(!r.logged.contains("pa55word"));
+        assert_eq!(scrub_text("echo pa55word".into(), &r.secrets), "echo <redacted>");
+    }
+
+    #[test]
+    fn header_values_from_the_environment_are_checked_when_sent() {
+        let env = |n: &str| (n == "BEL").then(|| "a\u{7}b".to_string());
+        let d = def(json!({"webhook": "https://x.example/", "headers": [{"name": "X-B", "value_from_env": "BEL"}]}));
+        let r = build(&d, &body(), &env, &EnvPolicy::unrestricted(), 0);
+        let e = r.unsendable.unwrap();
+        assert!(e.contains("X-B") && e.contains("\"BEL\"") && e.contains("U+0007"), "{e}");
     }
 
     #[test]
