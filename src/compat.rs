@@ -35,7 +35,16 @@ pub unsafe fn insert_index_tuples(
     unsafe {
         #[cfg(feature = "pg15")]
         pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, false, std::ptr::null_mut(), std::ptr::null_mut());
-        #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
-        pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, false, std::ptr::null_mut(), std::ptr::null_mut(), false);
+        #[cfg(any(feature = "pg16", feature = "pg18"))]
+        pg_sys::ExecInsertIndexTuples(
+            rri,
+            slot,
+            estate,
+            false,
+            false,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            false,
+        );
     }
 }

@@ -63,7 +63,7 @@ impl RowShape {
                 Some(cols) => cols
                     .iter()
                     .filter_map(|c| {
-                        (0..natts).find(|&i| !attrs[i].attisdropped && name_of(&attrs[i]).to_bytes() == c.as_bytes())
+                        (0..natts).find(|&i| !attrs[i].attisdropped && name_of(attrs[i]).to_bytes() == c.as_bytes())
                     })
                     .collect(),
             };
@@ -80,7 +80,7 @@ impl RowShape {
                         pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => Kind::DateTime(typid),
                         _ => Kind::ToJsonb(to_jsonb_for(typid, cxt)),
                     };
-                    Column { index: i, key: name_of(&attrs[i]), kind }
+                    Column { index: i, key: name_of(attrs[i]), kind }
                 })
                 .collect::<Vec<_>>();
             let mut columns = columns;

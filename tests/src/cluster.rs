@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The PostgreSQL installation the tests run: `PGWH_PG_BIN` (what `make
+/// test` sets for each major), else Debian's PostgreSQL 15.
+pub fn pg_bin() -> String {
+    std::env::var("PGWH_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string())
+}
 
 /// Environment variables every test cluster's server has, for the
 /// `*_from_env` features.
@@ -32,7 +36,7 @@ fn free_port() -> u16 {
 
 fn as_postgres(program: &str) -> Command {
     let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")]);
+    c.args(["-u", "postgres", "--", &format!("{}/{program}", pg_bin())]);
     c
 }
 

@@ -44,6 +44,19 @@ fn count_table_triggers(c: &mut Client) -> i64 {
     one(c, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pg_webhooks_%'")
 }
 
+/// `make test` runs the suite once per major and says which in
+/// PGWH_PG_MAJOR: the clusters really are of that major.
+#[test]
+fn the_clusters_run_the_major_under_test() {
+    let mut c = fresh_db("major");
+    let num: String = one(&mut c, "SELECT current_setting('server_version_num')");
+    let major = num.parse::<u32>().unwrap() / 10000;
+    if let Ok(want) = std::env::var("PGWH_PG_MAJOR") {
+        assert_eq!(major.to_string(), want, "server_version_num {num}");
+    }
+    assert!([15, 16, 18].contains(&major), "PostgreSQL {major} is not a supported major");
+}
+
 #[test]
 fn create_returns_and_stores_the_normalized_definition() {
     let mut c = setup("create_normalized");

@@ -12,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn as_postgres(cluster: &Cluster, program: &str, args: &[&str]) {
     let out = Command::new("runuser")
-        .args(["-u", "postgres", "--", &format!("{}/{program}", pg_webhooks_tests::cluster::PG_BIN)])
+        .args(["-u", "postgres", "--", &format!("{}/{program}", pg_webhooks_tests::cluster::pg_bin())])
         .args(["-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "postgres"])
         .args(args)
         .output()
