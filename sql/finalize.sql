@@ -16,6 +16,7 @@ COMMENT ON FUNCTION webhooks.create_event_trigger(jsonb) IS 'Creates an event tr
 COMMENT ON FUNCTION webhooks.delete_event_trigger(text) IS 'Deletes an event trigger; its undelivered events are archived, never sent';
 COMMENT ON FUNCTION webhooks.redeliver_event(uuid) IS 'Queues an event for delivery again, with tries reset';
 COMMENT ON FUNCTION webhooks.invoke_event_trigger(text, jsonb) IS 'Queues a MANUAL event with the given payload; returns its id';
+COMMENT ON FUNCTION webhooks.generate_signing_secret() IS 'A fresh Standard Webhooks signing secret (whsec_...) for the signing_secret key';
 COMMENT ON FUNCTION webhooks.pause_event_trigger(text) IS 'Stops delivery for one event trigger; capture goes on';
 COMMENT ON FUNCTION webhooks.resume_event_trigger(text) IS 'Restarts delivery for one event trigger; its backlog flows';
 COMMENT ON FUNCTION webhooks.query(jsonb) IS 'Runs a Hasura metadata API body (create/delete/redeliver/invoke, v1 or v2 names, bulk)';

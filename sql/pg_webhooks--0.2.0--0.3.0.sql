@@ -106,3 +106,10 @@ REVOKE ALL ON FUNCTION webhooks._definitions_changed() FROM PUBLIC;
 CREATE TRIGGER definitions_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON webhooks.event_triggers
     FOR EACH STATEMENT EXECUTE FUNCTION webhooks._definitions_changed();
+
+-- Signed delivery: Standard Webhooks secrets.
+CREATE FUNCTION webhooks."generate_signing_secret"() RETURNS TEXT
+STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'generate_signing_secret_wrapper';
+ALTER FUNCTION webhooks.generate_signing_secret() SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION webhooks.generate_signing_secret() FROM PUBLIC;
+COMMENT ON FUNCTION webhooks.generate_signing_secret() IS 'A fresh Standard Webhooks signing secret (whsec_...) for the signing_secret key';

@@ -62,6 +62,15 @@ fn invoke_event_trigger(name: Option<&str>, payload: Option<JsonArg>) -> pgrx::U
     invoke(not_null("name", name), &not_null("payload", payload).value("payload"))
 }
 
+/// A fresh Standard Webhooks signing secret (`whsec_` and the base64 of 32
+/// bytes from the operating system's cryptographic source), for
+/// `signing_secret`.
+#[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
+fn generate_signing_secret() -> String {
+    webhooks_core::signing::generate().unwrap_or_else(|e| error!("pg_webhooks: {e}"))
+}
+
 /// Stops delivery for one trigger; capture goes on.
 #[pg_extern(schema = "webhooks")]
 #[search_path(pg_catalog, pg_temp)]

@@ -24,8 +24,15 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 8192;
 pub const MAX_NAME_LEN: usize = 42;
 
 /// Headers pg_webhooks sets itself or that would break the HTTP framing.
-const RESERVED_HEADERS: &[&str] =
-    &["content-length", "transfer-encoding", "host", "connection", "webhook-id", "webhook-timestamp"];
+const RESERVED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
 
 /// Keys of Hasura's event trigger API that pg_webhooks does not implement.
 const UNSUPPORTED_KEYS: &[&str] =
@@ -112,6 +119,18 @@ pub struct Definition {
     pub headers: Vec<Header>,
     pub retry_conf: RetryConf,
     pub enable_manual: bool,
+    /// Standard Webhooks signing, when asked for.
+    pub signing: Option<Signing>,
+}
+
+/// Where a definition's signing secrets come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signing {
+    /// `signing_secret`: one or more `whsec_...` secrets, space-separated.
+    Secrets(String),
+    /// `signing_secret_from_env`: the name of an environment variable
+    /// holding them.
+    FromEnv(String),
 }
 
 /// The parsed arguments of `create_event_trigger`.
@@ -181,6 +200,11 @@ impl Definition {
             })
             .collect();
         m.insert("headers".into(), Value::Array(headers));
+        match &self.signing {
+            Some(Signing::Secrets(s)) => m.insert("signing_secret".into(), json!(s)),
+            Some(Signing::FromEnv(e)) => m.insert("signing_secret_from_env".into(), json!(e)),
+            None => None,
+        };
         m.insert(
             "retry_conf".into(),
             json!({
@@ -265,6 +289,8 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
             "replace",
             "enable_manual",
             "source",
+            "signing_secret",
+            "signing_secret_from_env",
         ];
         if !KNOWN.contains(&key.as_str()) {
             return Err(unknown_key("", key, KNOWN));
@@ -311,6 +337,7 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
     let retry_conf = parse_retry_conf(obj.get("retry_conf"), ctx.limits.max_timeout_sec)?;
     let replace = parse_bool("replace", obj.get("replace"), false)?;
     let enable_manual = parse_bool("enable_manual", obj.get("enable_manual"), true)?;
+    let signing = parse_signing(obj.get("signing_secret"), obj.get("signing_secret_from_env"), ctx, check_env)?;
     parse_source(obj.get("source"))?;
 
     if insert.is_none() && update.is_none() && delete.is_none() && !enable_manual {
@@ -321,7 +348,18 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
     }
 
     Ok(CreateArgs {
-        definition: Definition { name, table, webhook, insert, update, delete, headers, retry_conf, enable_manual },
+        definition: Definition {
+            name,
+            table,
+            webhook,
+            insert,
+            update,
+            delete,
+            headers,
+            retry_conf,
+            enable_manual,
+            signing,
+        },
         replace,
     })
 }
@@ -629,6 +667,40 @@ pub fn parse_source(v: Option<&Value>) -> ApiResult<()> {
             describe(other)
         ))
         .with_hint("Omit \"source\" or set it to \"default\".")),
+    }
+}
+
+fn parse_signing(
+    secret: Option<&Value>,
+    from_env: Option<&Value>,
+    ctx: &Context,
+    check: bool,
+) -> ApiResult<Option<Signing>> {
+    let bad = |key: &str, why: String| {
+        ApiError::invalid(format!("invalid value for key \"{key}\": {why}")).with_hint(
+            "Give one or more secrets of the form whsec_<base64 of 24 to 64 bytes>, separated by spaces; webhooks.generate_signing_secret() makes one.",
+        )
+    };
+    match (secret, from_env) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => Ok(None),
+        (Some(_), Some(_)) => {
+            Err(ApiError::invalid("keys \"signing_secret\" and \"signing_secret_from_env\" exclude each other")
+                .with_hint("Give exactly one of them."))
+        }
+        (Some(v), None) => {
+            let s = expect_str("signing_secret", v)?;
+            crate::signing::parse(s).map_err(|why| bad("signing_secret", why))?;
+            Ok(Some(Signing::Secrets(s.trim().to_string())))
+        }
+        (None, Some(v)) => {
+            let var = parse_env_name("signing_secret_from_env", v)?;
+            if check {
+                let value = ctx.read_env("signing_secret_from_env", &var)?;
+                crate::signing::parse(&value)
+                    .map_err(|why| bad("signing_secret_from_env", format!("the value of {var}: {why}")))?;
+            }
+            Ok(Some(Signing::FromEnv(var)))
+        }
     }
 }
 
@@ -1115,5 +1187,32 @@ mod tests {
         d.retry_conf.timeout_sec = 3000;
         let stored = d.to_json();
         assert_eq!(Definition::from_stored(&stored).unwrap().retry_conf.timeout_sec, 3000);
+    }
+
+    #[test]
+    fn signing_secrets() {
+        let a = crate::signing::generate().unwrap();
+        let b = crate::signing::generate().unwrap();
+        let d = parse(with("signing_secret", json!(format!("{a} {b}")))).unwrap().definition;
+        assert_eq!(d.signing, Some(Signing::Secrets(format!("{a} {b}"))));
+        assert_eq!(d.to_json()["signing_secret"], json!(format!("{a} {b}")));
+        assert_eq!(Definition::from_stored(&d.to_json()).unwrap().signing, d.signing);
+        for bad in [json!("sk_nope"), json!("whsec_!!"), json!(""), json!(12)] {
+            let e = err(with("signing_secret", bad.clone()));
+            assert!(e.message.contains("\"signing_secret\""), "{bad}: {}", e.message);
+        }
+        let e = err(with("signing_secret", json!("whsec_c2hvcnQ=")));
+        assert!(e.message.contains("decodes to 5 bytes") && !e.message.contains("c2hvcnQ"), "{}", e.message);
+        let mut v = with("signing_secret", json!(a));
+        v["signing_secret_from_env"] = json!("SIGNING");
+        assert!(err(v).message.contains("exclude each other"));
+        let e = err(with("signing_secret_from_env", json!("SECRET")));
+        assert!(
+            e.message.contains("the value of SECRET") && e.message.contains("does not start with"),
+            "{}",
+            e.message
+        );
+        let e = err(with("headers", json!([{"name": "Webhook-Signature", "value": "v1,x"}])));
+        assert!(e.message.contains("set by pg_webhooks itself"), "{}", e.message);
     }
 }

@@ -9,6 +9,7 @@
 //! - [`error`]: errors with the SQLSTATE they raise.
 //! - [`retry`]: success, retry or failure of an attempt; `Retry-After`.
 //! - [`hasura_metadata`]: event triggers from a Hasura metadata export.
+//! - [`signing`]: Standard Webhooks signatures and secrets.
 //! - [`webhook_url`]: URLs as sent (WHATWG-normalized) and as logged
 //!   (passwords redacted).
 //! - [`ids`]: time-ordered (v7) uuids without a system call each.
@@ -36,6 +37,7 @@ pub mod query;
 pub mod request;
 pub mod resolve;
 pub mod retry;
+pub mod signing;
 pub mod webhook_url;
 
 pub use error::{ApiError, ApiResult, SqlState};

@@ -10,10 +10,11 @@
 use serde_json::{json, Value};
 
 use crate::body::WebhookBody;
-use crate::definition::{header_value_problem, Definition, HeaderValue, Webhook};
+use crate::definition::{header_value_problem, Definition, HeaderValue, Signing, Webhook};
 use crate::env_policy::EnvPolicy;
 use crate::env_template::{self, EnvLookup};
 use crate::error::ApiError;
+use crate::signing;
 use crate::webhook_url;
 
 /// A request ready to send, or to fail without sending.
@@ -101,7 +102,25 @@ pub fn build(def: &Definition, body: &WebhookBody, env: EnvLookup, policy: &EnvP
         logged.push(json!({"name": n, "value": v}));
         headers.push((n.to_string(), v));
     }
+    let id = body.id;
     let body = body.render();
+    // Each attempt signs its own timestamp and exactly the body it sends.
+    if let Some(signing) = &def.signing {
+        let value = match signing {
+            Signing::Secrets(s) => Ok(s.clone()),
+            Signing::FromEnv(var) => read(var),
+        };
+        match value.and_then(|v| signing::parse(&v).map(|k| (v, k)).map_err(|why| format!("the signing secret: {why}")))
+        {
+            Ok((value, keys)) => {
+                secrets.extend(value.split_whitespace().map(str::to_string));
+                let signature = signing::sign(&keys, id, now_secs, &body);
+                logged.push(json!({"name": "webhook-signature", "value": signature}));
+                headers.push(("webhook-signature".to_string(), signature));
+            }
+            Err(e) => unsendable = Some(e),
+        }
+    }
     let logged =
         format!("{{\"url\":{},\"headers\":{},\"payload\":{}}}", Value::String(url_logged), Value::Array(logged), body);
     Request { url, headers, body, logged, secrets, unsendable }
@@ -225,6 +244,25 @@ mod tests {
         let r = build(&d, &body(), &env, &EnvPolicy::unrestricted(), 0);
         let e = r.unsendable.unwrap();
         assert!(e.contains("X-B") && e.contains("\"BEL\"") && e.contains("U+0007"), "{e}");
+    }
+
+    #[test]
+    fn every_attempt_is_signed_over_what_it_sends() {
+        let secret = signing::generate().unwrap();
+        let d = def(json!({"webhook": "https://x.example/", "signing_secret": secret}));
+        let first = build(&d, &body(), &env, &EnvPolicy::unrestricted(), 1_700_000_000);
+        let retry =
+            build(&d, &WebhookBody { current_retry: 1, ..body() }, &env, &EnvPolicy::unrestricted(), 1_700_000_060);
+        for r in [&first, &retry] {
+            let ts = &r.headers.iter().find(|(n, _)| n == "webhook-timestamp").unwrap().1;
+            let sig = &r.headers.iter().find(|(n, _)| n == "webhook-signature").unwrap().1;
+            let keys = signing::parse(&secret).unwrap();
+            assert_eq!(*sig, signing::sign(&keys, body().id, ts.parse().unwrap(), &r.body));
+            assert!(!r.logged.contains(&secret), "the secret is never logged");
+            assert!(r.secrets.contains(&secret), "and is scrubbed from responses");
+        }
+        let sig = |r: &Request| r.headers.iter().find(|(n, _)| n == "webhook-signature").unwrap().1.clone();
+        assert_ne!(sig(&first), sig(&retry), "each attempt has its own timestamp and signature");
     }
 
     #[test]
