@@ -6,6 +6,7 @@ use std::ffi::CString;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use webhooks_core::definition::Limits;
+use webhooks_core::destination::NetPolicy;
 use webhooks_core::env_policy::EnvPolicy;
 
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -18,6 +19,8 @@ pub static RETENTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 pub static ALLOWED_ENV_VARS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MAX_DEFINITION_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 pub static MAX_TIMEOUT_SEC: GucSetting<i32> = GucSetting::<i32>::new(300);
+pub static ALLOW_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static DENY_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Registers the settings. `webhooks.database` takes effect at server start
 /// only, and PostgreSQL refuses such a setting from a library loaded later,
@@ -117,6 +120,22 @@ fn register_reloadable() {
         GucContext::Suset,
         GucFlags::UNIT_BYTE,
     );
+    GucRegistry::define_string_guc(
+        c"webhooks.allow_networks",
+        c"Networks (CIDRs) webhooks may be sent to; empty allows every address.",
+        c"Checked against every address a webhook's host resolves to; the connection goes to a checked address.",
+        &ALLOW_NETWORKS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"webhooks.deny_networks",
+        c"Networks (CIDRs) webhooks are never sent to, such as 169.254.169.254/32; wins over webhooks.allow_networks.",
+        c"Checked against every address a webhook's host resolves to; a refused attempt fails without connecting.",
+        &DENY_NETWORKS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"webhooks.max_timeout",
         c"The largest retry_conf.timeout_sec a definition may give; longer stored timeouts are cut to it.",
@@ -127,6 +146,13 @@ fn register_reloadable() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+}
+
+/// The destination policy of `webhooks.allow_networks` and
+/// `webhooks.deny_networks`, and the entries that are not CIDRs.
+pub fn destinations() -> (NetPolicy, Vec<String>) {
+    let text = |s: &GucSetting<Option<CString>>| s.get().map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
+    NetPolicy::from_settings(&text(&ALLOW_NETWORKS), &text(&DENY_NETWORKS))
 }
 
 /// The environment variables a role that is not a superuser may use.

@@ -23,6 +23,7 @@ use webhooks_core::env_policy::EnvPolicy;
 use webhooks_core::http::{Attempt, Client, Outcome};
 use webhooks_core::pool::Pool;
 use webhooks_core::request;
+use webhooks_core::resolve::SharedPolicy;
 use webhooks_core::retry::{self, Verdict};
 
 use crate::shmem::{self, WorkerShared};
@@ -108,6 +109,9 @@ const RETENTION_EVERY: Duration = Duration::from_secs(10);
 struct Worker {
     shared: &'static WorkerShared,
     pool: Pool,
+    /// `webhooks.allow_networks` / `deny_networks`, read by every HTTP
+    /// thread's resolver.
+    destinations: SharedPolicy,
     wake_fd: RawFd,
     /// Every trigger that is not paused, by name.
     lanes: HashMap<String, Lane>,
@@ -138,9 +142,11 @@ impl Worker {
             // fine.
             unsafe { libc::write(write_fd, [1u8].as_ptr().cast(), 1) };
         });
-        let client = Client::new(settings::RESPONSE_BODY_LIMIT.get().max(0) as usize);
-        Worker {
+        let destinations = SharedPolicy::default();
+        let client = Client::with_policy(settings::RESPONSE_BODY_LIMIT.get().max(0) as usize, destinations.clone());
+        let worker = Worker {
             shared,
+            destinations,
             pool: Pool::new(settings::max_concurrent(), settings::max_concurrent_per_trigger(), client, notify),
             wake_fd: read_fd,
             lanes: HashMap::new(),
@@ -153,6 +159,22 @@ impl Worker {
             seen_wakes: 0,
             last_cleanup: None,
             to_send: Vec::new(),
+        };
+        worker.apply_destinations();
+        worker
+    }
+
+    /// Hands the destination settings to the HTTP threads; entries that are
+    /// not CIDRs are left out, with a WARNING.
+    fn apply_destinations(&self) {
+        let (policy, bad) = settings::destinations();
+        for entry in bad {
+            warning!(
+                "pg_webhooks: \"{entry}\" in webhooks.allow_networks or webhooks.deny_networks is not a CIDR or an address; it is ignored"
+            );
+        }
+        if let Ok(mut p) = self.destinations.write() {
+            *p = policy;
         }
     }
 
@@ -199,6 +221,7 @@ impl Worker {
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         self.pool.grow(settings::max_concurrent());
         self.pool.configure(settings::max_concurrent_per_trigger(), flush_at());
+        self.apply_destinations();
         self.last_cleanup = None;
     }
 

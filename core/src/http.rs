@@ -10,6 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
+use crate::resolve::SharedPolicy;
+
 /// `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("pg_webhooks/", env!("CARGO_PKG_VERSION"));
 
@@ -103,11 +105,20 @@ impl Outcome {
 pub struct Client {
     agents: std::cell::RefCell<Vec<(Duration, ureq::Agent)>>,
     pub(crate) max_body: usize,
+    /// Which addresses may be connected to (checked in the resolver).
+    pub(crate) policy: SharedPolicy,
 }
 
 impl Client {
+    /// A client that may connect anywhere.
     pub fn new(max_body: usize) -> Client {
-        Client { agents: std::cell::RefCell::new(Vec::new()), max_body }
+        Client::with_policy(max_body, SharedPolicy::default())
+    }
+
+    /// A client whose connections follow `policy`, which its owner may
+    /// replace at any time (the worker does on reload).
+    pub fn with_policy(max_body: usize, policy: SharedPolicy) -> Client {
+        Client { agents: std::cell::RefCell::new(Vec::new()), max_body, policy }
     }
 
     fn agent(&self, timeout: Duration) -> ureq::Agent {
@@ -134,7 +145,7 @@ impl Client {
         let agent = ureq::Agent::with_parts(
             config,
             ureq::unversioned::transport::DefaultConnector::new(),
-            crate::resolve::CachingResolver::default(),
+            crate::resolve::CachingResolver::with_policy(self.policy.clone()),
         );
         self.agents.borrow_mut().push((timeout, agent.clone()));
         agent
@@ -183,6 +194,7 @@ impl Client {
 fn describe_error(e: ureq::Error) -> String {
     match e {
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => format!("not connected: {io}"),
         ureq::Error::Io(io) => format!("connection failed: {io}"),
         ureq::Error::HostNotFound => "host not found".into(),
         other => other.to_string(),
@@ -292,5 +304,23 @@ mod tests {
         assert!(o.response.is_none());
         assert!(o.error.as_deref().unwrap().contains("timed out"), "{:?}", o.error);
         assert!(o.duration < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn refused_destinations_are_never_connected_to() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        let policy = SharedPolicy::default();
+        *policy.write().unwrap() = crate::destination::NetPolicy::from_settings("", "127.0.0.0/8").0;
+        let o = Client::with_policy(100, policy).send(&attempt(&url, 2000));
+        let e = o.error.unwrap();
+        assert!(e.starts_with("not connected: destination 127.0.0.1 is refused by webhooks.deny_networks"), "{e}");
+        assert!(o.response.is_none());
+        assert_eq!(
+            l.accept().map(|_| ()).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "no connection was made"
+        );
     }
 }

@@ -18,6 +18,7 @@
 //!   definition and an event; scrubbing secrets from what comes back.
 //! - [`http`]: one HTTP attempt (ureq) and its outcome.
 //! - [`pool`]: the threads that make attempts concurrently, lane by lane.
+//! - [`destination`]: which addresses webhooks may be sent to.
 //! - [`resolve`]: host names for the HTTP client, without a thread per
 //!   request.
 
@@ -26,6 +27,7 @@
 
 pub mod body;
 pub mod definition;
+pub mod destination;
 pub mod env_policy;
 pub mod env_template;
 pub mod error;

@@ -9,10 +9,12 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ureq::config::Config;
+
+use crate::destination::NetPolicy;
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
@@ -20,10 +22,15 @@ use ureq::unversioned::transport::NextTimeout;
 /// How long a resolved name is used before it is looked up again.
 pub const TTL: Duration = Duration::from_secs(5);
 
+/// The destination policy, shared by every thread's resolver and replaced
+/// on reload.
+pub type SharedPolicy = Arc<RwLock<NetPolicy>>;
+
 #[derive(Default)]
 pub struct CachingResolver {
     inner: DefaultResolver,
     names: Mutex<HashMap<String, (Instant, Vec<SocketAddr>)>>,
+    policy: SharedPolicy,
 }
 
 impl std::fmt::Debug for CachingResolver {
@@ -33,12 +40,30 @@ impl std::fmt::Debug for CachingResolver {
 }
 
 impl CachingResolver {
-    fn addrs(&self, list: &[SocketAddr]) -> ResolvedSocketAddrs {
+    pub fn with_policy(policy: SharedPolicy) -> CachingResolver {
+        CachingResolver { policy, ..CachingResolver::default() }
+    }
+
+    /// The addresses the policy allows, at most 16; an error naming the
+    /// rule when it allows none. The connection is made to these addresses
+    /// only, so what was checked is what is connected to.
+    fn addrs(&self, list: &[SocketAddr]) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let policy = self.policy.read().map(|p| p.clone()).unwrap_or_default();
         let mut out = self.empty();
-        for a in list.iter().take(16) {
-            out.push(*a);
+        let mut refused = None;
+        for a in list {
+            match policy.check(a.ip()) {
+                Ok(()) if out.len() < 16 => out.push(*a),
+                Ok(()) => {}
+                Err(why) => refused = refused.or(Some(why)),
+            }
         }
-        out
+        if out.is_empty() {
+            if let Some(why) = refused {
+                return Err(ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -58,20 +83,21 @@ impl Resolver for CachingResolver {
         };
         // An address literal (brackets around IPv6) needs no lookup.
         if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-            return Ok(self.addrs(&[SocketAddr::new(ip, port)]));
+            return self.addrs(&[SocketAddr::new(ip, port)]);
         }
         let key = format!("{host}:{port}");
-        if let Some((at, list)) = self.names.lock().unwrap().get(&key) {
-            if at.elapsed() < TTL {
-                return Ok(self.addrs(list));
-            }
+        let cached = self.names.lock().unwrap().get(&key).filter(|(at, _)| at.elapsed() < TTL).map(|(_, l)| l.clone());
+        if let Some(list) = cached {
+            return self.addrs(&list);
         }
         let resolved = self.inner.resolve(uri, config, timeout)?;
         let list: Vec<SocketAddr> = resolved.iter().copied().collect();
-        let mut names = self.names.lock().unwrap();
-        names.retain(|_, (at, _)| at.elapsed() < TTL);
-        names.insert(key, (Instant::now(), list));
-        Ok(resolved)
+        {
+            let mut names = self.names.lock().unwrap();
+            names.retain(|_, (at, _)| at.elapsed() < TTL);
+            names.insert(key, (Instant::now(), list.clone()));
+        }
+        self.addrs(&list)
     }
 }
 
@@ -115,5 +141,18 @@ mod tests {
         assert!(got.iter().all(|a| a.ip().is_loopback()));
         assert!(r.resolve(&"http://no-such-host.invalid/".parse().unwrap(), &cfg, no_timeout()).is_err());
         assert!(!r.names.lock().unwrap().contains_key("no-such-host.invalid:80"));
+    }
+
+    #[test]
+    fn refused_destinations_are_never_returned() {
+        let policy: SharedPolicy = Arc::default();
+        let r = CachingResolver::with_policy(policy.clone());
+        let cfg = Config::default();
+        assert!(r.resolve(&"http://127.0.0.1:9/".parse().unwrap(), &cfg, no_timeout()).is_ok());
+        *policy.write().unwrap() = NetPolicy::from_settings("", "127.0.0.0/8, ::1").0;
+        for url in ["http://127.0.0.1:9/", "http://localhost:9/"] {
+            let e = r.resolve(&url.parse().unwrap(), &cfg, no_timeout()).unwrap_err().to_string();
+            assert!(e.contains("is refused by webhooks.deny_networks (127.0.0.0/8)"), "{url}: {e}");
+        }
     }
 }
