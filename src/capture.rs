@@ -176,6 +176,7 @@ mod webhooks {
     }
 }
 
+/// Captures one row change for the firing trigger.
 ///
 /// # Safety
 /// `td` must be the trigger data PostgreSQL passed to this trigger call.
@@ -230,6 +231,7 @@ unsafe fn capture_row(td: &pg_sys::TriggerData) {
 }
 
 impl Watched {
+    /// Whether the column's value differs between the old and the new row.
     ///
     /// # Safety
     /// `old` and `new` must be tuples of `tupdesc`.
@@ -414,6 +416,7 @@ impl Compiled {
     }
 }
 
+/// `schema.table` of a relation, quoted where needed, for messages.
 ///
 /// # Safety
 /// `rel` must be an open relation.

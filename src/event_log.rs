@@ -165,6 +165,7 @@ fn close() {
 }
 
 impl Open {
+    /// Opens `webhooks.event_log` and its indexes for appends.
     ///
     /// # Safety
     /// Must be called inside a transaction.
@@ -219,6 +220,7 @@ impl Open {
         }
     }
 
+    /// Writes one event into the heap and every index.
     ///
     /// # Safety
     /// `self` must be open in the current transaction, and the event's datums of the right types.
@@ -260,6 +262,7 @@ impl Open {
         }
     }
 
+    /// Closes the table, keeping its lock until the transaction ends.
     ///
     /// # Safety
     /// `self` must be open in the current transaction.
@@ -298,6 +301,7 @@ extern "C-unwind" {
     );
 }
 
+/// The ExecutorEnd hook: closes the event log when a statement ends.
 ///
 /// # Safety
 /// Called by PostgreSQL only, on the backend's main thread.
@@ -312,10 +316,12 @@ unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The ProcessUtility hook: closes the event log when a utility statement ends, and
+/// tells [`crate::wake`] about a COMMIT PREPARED.
 ///
 /// # Safety
 /// Called by PostgreSQL only, on the backend's main thread.
+#[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
     query_string: *const std::ffi::c_char,

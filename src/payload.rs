@@ -124,6 +124,7 @@ pub struct Row {
 }
 
 impl Row {
+    /// Deforms `tuple` into values and nulls.
     ///
     /// # Safety
     /// `tuple` must be a tuple of `tupdesc`.
@@ -245,6 +246,7 @@ unsafe fn document(jb: *mut pg_sys::Jsonb) -> pg_sys::JsonbValue {
     }
 }
 
+/// A row as a JSON object of its shape's columns, or null.
 ///
 /// # Safety
 /// `row` must be a row of the relation `shape` was made for.
@@ -261,6 +263,7 @@ unsafe fn row(row: Option<&Row>, shape: &RowShape) -> pg_sys::JsonbValue {
     }
 }
 
+/// One column's value as `to_jsonb` renders it.
 ///
 /// # Safety
 /// `d` must be a non-null value of the column's type.
