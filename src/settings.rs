@@ -8,6 +8,7 @@ use pgrx::pg_sys;
 use webhooks_core::definition::Limits;
 use webhooks_core::destination::NetPolicy;
 use webhooks_core::env_policy::EnvPolicy;
+use webhooks_core::tls::TlsSettings;
 
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
@@ -21,6 +22,9 @@ pub static MAX_DEFINITION_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 10
 pub static MAX_TIMEOUT_SEC: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static ALLOW_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DENY_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static TLS_CLIENT_CERT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static TLS_CLIENT_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Registers the settings. `webhooks.database` takes effect at server start
 /// only, and PostgreSQL refuses such a setting from a library loaded later,
@@ -136,6 +140,24 @@ fn register_reloadable() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    for (name, short, setting) in [
+        (
+            c"webhooks.ca_file",
+            c"A PEM bundle of the CAs HTTPS webhooks are checked against, instead of the system's store.",
+            &CA_FILE,
+        ),
+        (c"webhooks.tls_client_cert", c"A PEM client certificate (chain) for mutual TLS.", &TLS_CLIENT_CERT),
+        (c"webhooks.tls_client_key", c"The PEM private key of webhooks.tls_client_cert.", &TLS_CLIENT_KEY),
+    ] {
+        GucRegistry::define_string_guc(
+            name,
+            short,
+            c"Read by the delivery worker at start and on reload.",
+            setting,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_int_guc(
         c"webhooks.max_timeout",
         c"The largest retry_conf.timeout_sec a definition may give; longer stored timeouts are cut to it.",
@@ -153,6 +175,13 @@ fn register_reloadable() {
 pub fn destinations() -> (NetPolicy, Vec<String>) {
     let text = |s: &GucSetting<Option<CString>>| s.get().map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
     NetPolicy::from_settings(&text(&ALLOW_NETWORKS), &text(&DENY_NETWORKS))
+}
+
+/// `webhooks.ca_file`, `webhooks.tls_client_cert` and `webhooks.tls_client_key`.
+pub fn tls() -> TlsSettings {
+    let text =
+        |s: &GucSetting<Option<CString>>| s.get().map(|v| v.to_string_lossy().trim().to_string()).unwrap_or_default();
+    TlsSettings { ca_file: text(&CA_FILE), client_cert: text(&TLS_CLIENT_CERT), client_key: text(&TLS_CLIENT_KEY) }
 }
 
 /// The environment variables a role that is not a superuser may use.

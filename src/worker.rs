@@ -20,11 +20,12 @@ use pgrx::prelude::*;
 use webhooks_core::body::WebhookBody;
 use webhooks_core::definition::{Definition, RetryConf};
 use webhooks_core::env_policy::EnvPolicy;
-use webhooks_core::http::{Attempt, Client, Outcome};
+use webhooks_core::http::{set_tls, Attempt, Client, Outcome, SharedTls};
 use webhooks_core::pool::Pool;
 use webhooks_core::request;
 use webhooks_core::resolve::SharedPolicy;
 use webhooks_core::retry::{self, Verdict};
+use webhooks_core::tls;
 
 use crate::shmem::{self, WorkerShared};
 use crate::{catalog, definitions, event_log, settings};
@@ -112,6 +113,8 @@ struct Worker {
     /// `webhooks.allow_networks` / `deny_networks`, read by every HTTP
     /// thread's resolver.
     destinations: SharedPolicy,
+    /// The TLS configuration of every HTTP thread's client.
+    tls: SharedTls,
     wake_fd: RawFd,
     /// Every trigger that is not paused, by name.
     lanes: HashMap<String, Lane>,
@@ -143,10 +146,13 @@ impl Worker {
             unsafe { libc::write(write_fd, [1u8].as_ptr().cast(), 1) };
         });
         let destinations = SharedPolicy::default();
-        let client = Client::with_policy(settings::RESPONSE_BODY_LIMIT.get().max(0) as usize, destinations.clone());
+        let tls = SharedTls::default();
+        let client =
+            Client::with_parts(settings::RESPONSE_BODY_LIMIT.get().max(0) as usize, destinations.clone(), tls.clone());
         let worker = Worker {
             shared,
             destinations,
+            tls,
             pool: Pool::new(settings::max_concurrent(), settings::max_concurrent_per_trigger(), client, notify),
             wake_fd: read_fd,
             lanes: HashMap::new(),
@@ -161,7 +167,27 @@ impl Worker {
             to_send: Vec::new(),
         };
         worker.apply_destinations();
+        worker.apply_tls();
         worker
+    }
+
+    /// Loads the TLS settings and files (at start and on every reload, so a
+    /// renewed file is read again). A setting that cannot be
+    /// used (a file missing or not PEM) is a WARNING, and HTTPS then trusts
+    /// nothing until it is fixed: attempts fail rather than trust more than
+    /// the operator asked for.
+    fn apply_tls(&self) {
+        let config = match tls::load(&settings::tls()) {
+            Ok(loaded) => {
+                debug1!("pg_webhooks: HTTPS webhooks are checked against {}", loaded.roots);
+                loaded.config
+            }
+            Err(e) => {
+                warning!("pg_webhooks: {e}; HTTPS webhooks fail until it is fixed");
+                ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::Specific(Arc::new(Vec::new()))).build()
+            }
+        };
+        set_tls(&self.tls, config);
     }
 
     /// Hands the destination settings to the HTTP threads; entries that are
@@ -222,6 +248,7 @@ impl Worker {
         self.pool.grow(settings::max_concurrent());
         self.pool.configure(settings::max_concurrent_per_trigger(), flush_at());
         self.apply_destinations();
+        self.apply_tls();
         self.last_cleanup = None;
     }
 

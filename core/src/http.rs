@@ -104,9 +104,25 @@ impl Outcome {
 #[derive(Clone)]
 pub struct Client {
     agents: std::cell::RefCell<Vec<(Duration, ureq::Agent)>>,
+    /// The TLS version the agents were made with.
+    agents_tls: std::cell::Cell<u64>,
     pub(crate) max_body: usize,
     /// Which addresses may be connected to (checked in the resolver).
     pub(crate) policy: SharedPolicy,
+    /// The TLS configuration, with a version: agents are made anew when it
+    /// changes (on reload).
+    pub(crate) tls: SharedTls,
+}
+
+/// The TLS configuration shared by every thread's client, and its version.
+pub type SharedTls = std::sync::Arc<std::sync::RwLock<(u64, ureq::tls::TlsConfig)>>;
+
+/// Replaces the TLS configuration every client of `tls` uses from its next
+/// attempt on.
+pub fn set_tls(tls: &SharedTls, config: ureq::tls::TlsConfig) {
+    if let Ok(mut t) = tls.write() {
+        *t = (t.0 + 1, config);
+    }
 }
 
 impl Client {
@@ -118,14 +134,32 @@ impl Client {
     /// A client whose connections follow `policy`, which its owner may
     /// replace at any time (the worker does on reload).
     pub fn with_policy(max_body: usize, policy: SharedPolicy) -> Client {
-        Client { agents: std::cell::RefCell::new(Vec::new()), max_body, policy }
+        Client::with_parts(max_body, policy, SharedTls::default())
+    }
+
+    /// A client with a destination policy and a TLS configuration, both of
+    /// which its owner may replace at any time.
+    pub fn with_parts(max_body: usize, policy: SharedPolicy, tls: SharedTls) -> Client {
+        Client {
+            agents: std::cell::RefCell::new(Vec::new()),
+            agents_tls: std::cell::Cell::new(0),
+            max_body,
+            policy,
+            tls,
+        }
     }
 
     fn agent(&self, timeout: Duration) -> ureq::Agent {
+        let (version, tls) = self.tls.read().map(|t| (t.0, t.1.clone())).unwrap_or_default();
+        if version != self.agents_tls.get() {
+            self.agents.borrow_mut().clear();
+            self.agents_tls.set(version);
+        }
         if let Some((_, a)) = self.agents.borrow().iter().find(|(t, _)| *t == timeout) {
             return a.clone();
         }
         let config = ureq::Agent::config_builder()
+            .tls_config(tls)
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
@@ -168,7 +202,7 @@ impl Client {
         for (name, value) in &a.headers {
             req = req.header(name, value);
         }
-        let mut resp = req.send(a.body.as_bytes()).map_err(describe_error)?;
+        let mut resp = req.send(a.body.as_bytes()).map_err(|e| describe_error(e, &a.url))?;
         let status = resp.status().as_u16();
         let headers: Vec<(String, String)> = resp
             .headers()
@@ -191,10 +225,16 @@ impl Client {
     }
 }
 
-fn describe_error(e: ureq::Error) -> String {
+fn describe_error(e: ureq::Error, url: &str) -> String {
+    let host = || url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
     match e {
+        ureq::Error::Tls(t) => format!("TLS with {} failed: {t}", host()),
+        ureq::Error::Rustls(t) => format!("TLS with {} failed: {t}", host()),
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => format!("not connected: {io}"),
+        ureq::Error::Io(io) if io.get_ref().is_some_and(|e| e.is::<rustls::Error>()) => {
+            format!("TLS with {} failed: {io}", host())
+        }
         ureq::Error::Io(io) => format!("connection failed: {io}"),
         ureq::Error::HostNotFound => "host not found".into(),
         other => other.to_string(),

@@ -19,6 +19,8 @@
 //! - [`http`]: one HTTP attempt (ureq) and its outcome.
 //! - [`pool`]: the threads that make attempts concurrently, lane by lane.
 //! - [`destination`]: which addresses webhooks may be sent to.
+//! - [`tls`]: the certificates HTTPS webhooks are checked against, client
+//!   certificates.
 //! - [`resolve`]: host names for the HTTP client, without a thread per
 //!   request.
 
@@ -40,6 +42,7 @@ pub mod request;
 pub mod resolve;
 pub mod retry;
 pub mod signing;
+pub mod tls;
 pub mod webhook_url;
 
 pub use error::{ApiError, ApiResult, SqlState};

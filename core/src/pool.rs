@@ -101,7 +101,7 @@ impl Pool {
             let shared = self.shared.clone();
             // Each thread has its own agent, so its own connection pool: a
             // shared pool is a lock every thread takes twice per request.
-            let client = Client::with_policy(self.client.max_body, self.client.policy.clone());
+            let client = Client::with_parts(self.client.max_body, self.client.policy.clone(), self.client.tls.clone());
             let notify = self.notify.clone();
             std::thread::Builder::new()
                 .name(format!("pg_webhooks-http-{}", self.threads))

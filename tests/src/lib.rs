@@ -2,6 +2,7 @@
 //! ([`cluster`]) and helpers to assert on SQL errors.
 
 pub mod cluster;
+pub mod https;
 pub mod receiver;
 
 use std::sync::{Mutex, OnceLock};

@@ -205,8 +205,10 @@ fn replace_delete_redeliver_and_sighup_mid_stream() {
 #[test]
 fn delete_mid_stream_archives_and_sends_nothing_more() {
     let r = Receiver::start();
-    let s = stream(&r.url("/slow/1/f"), "");
-    r.wait_for("/slow/1/f", 500, WAIT);
+    // A webhook slower than the writer (24 in flight at 50 ms, about 480/s):
+    // a backlog is pending when the delete comes, however loaded the machine.
+    let s = stream(&r.url("/slow/50/f"), "");
+    r.wait_for("/slow/50/f", 500, WAIT);
     let mut c = connect(&s.cluster);
     c.batch_execute("SELECT webhooks.delete_event_trigger('stream')").unwrap();
     // What was on the wire at the delete may still arrive; give it a moment.
