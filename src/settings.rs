@@ -173,20 +173,17 @@ fn register_reloadable() {
 /// The destination policy of `webhooks.allow_networks` and
 /// `webhooks.deny_networks`, and the entries that are not CIDRs.
 pub fn destinations() -> (NetPolicy, Vec<String>) {
-    let text = |s: &GucSetting<Option<CString>>| s.get().map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
     NetPolicy::from_settings(&text(&ALLOW_NETWORKS), &text(&DENY_NETWORKS))
 }
 
 /// `webhooks.ca_file`, `webhooks.tls_client_cert` and `webhooks.tls_client_key`.
 pub fn tls() -> TlsSettings {
-    let text =
-        |s: &GucSetting<Option<CString>>| s.get().map(|v| v.to_string_lossy().trim().to_string()).unwrap_or_default();
     TlsSettings { ca_file: text(&CA_FILE), client_cert: text(&TLS_CLIENT_CERT), client_key: text(&TLS_CLIENT_KEY) }
 }
 
 /// The environment variables a role that is not a superuser may use.
 pub fn restricted_env_policy() -> EnvPolicy {
-    EnvPolicy::from_setting(&ALLOWED_ENV_VARS.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+    EnvPolicy::from_setting(&text(&ALLOWED_ENV_VARS))
 }
 
 /// What the current user may do with the server's environment.
@@ -208,9 +205,14 @@ pub fn max_timeout_sec() -> i32 {
     MAX_TIMEOUT_SEC.get().max(1)
 }
 
+/// A string setting's value, trimmed; empty when unset.
+fn text(setting: &GucSetting<Option<CString>>) -> String {
+    setting.get().map(|v| v.to_string_lossy().trim().to_string()).unwrap_or_default()
+}
+
 /// `webhooks.retention`, if set and not empty.
 pub fn retention() -> Option<String> {
-    RETENTION.get().map(|s| s.to_string_lossy().trim().to_string()).filter(|s| !s.is_empty())
+    Some(text(&RETENTION)).filter(|s| !s.is_empty())
 }
 
 pub fn database() -> String {
