@@ -177,6 +177,19 @@ pub fn extension_owner() -> pg_sys::Oid {
 /// is, the transaction also holds a lock on it, so that a concurrent DROP
 /// EXTENSION waits for the round to finish instead of pulling the tables
 /// from under it.
+/// The current database's name.
+pub fn database_name() -> String {
+    // SAFETY: a catalog lookup of the backend's own database; the name is
+    // copied before the palloc'd string is left to the memory context.
+    unsafe {
+        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if name.is_null() {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+    }
+}
+
 pub fn extension_installed() -> bool {
     // SAFETY: catalog lookups by name and a lock on the extension's oid.
     unsafe {

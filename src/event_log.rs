@@ -316,8 +316,9 @@ unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
     }
 }
 
-/// The ProcessUtility hook: closes the event log when a utility statement ends, and
-/// tells [`crate::wake`] about a COMMIT PREPARED.
+/// The ProcessUtility hook: closes the event log when a utility statement
+/// ends, and tells [`crate::wake`] about statements other processes must
+/// hear of (DROP DATABASE, DROP EXTENSION, COMMIT PREPARED).
 ///
 /// # Safety
 /// Called by PostgreSQL only, on the backend's main thread.
@@ -334,6 +335,7 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     // SAFETY: the hook chain as PostgreSQL calls it, with its arguments.
     unsafe {
+        crate::wake::before_utility(pstmt);
         match PREV_PROCESS_UTILITY {
             Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
             None => {

@@ -35,6 +35,7 @@ mod definitions;
 mod errors;
 mod event_log;
 mod json_arg;
+mod launcher;
 mod payload;
 mod settings;
 mod shmem;
@@ -66,7 +67,7 @@ pub extern "C-unwind" fn _PG_init() {
     if preloading {
         PRELOADED.store(true, std::sync::atomic::Ordering::Relaxed);
         shmem::init();
-        worker::register();
+        launcher::register();
     }
     capture::init();
     event_log::init();
@@ -86,10 +87,21 @@ fn hide_rust_backtraces() {
     }
 }
 
-/// Called by CREATE EXTENSION: warns when nothing will be delivered.
+/// Called by CREATE EXTENSION: at commit, the launcher starts a worker for
+/// this database; warns when nothing will be delivered here. (The name is
+/// older than the launcher.)
 #[pg_extern(schema = "webhooks")]
 #[search_path(pg_catalog, pg_temp)]
 fn _warn_if_not_preloaded() {
+    wake::note_extension_created();
+    if let Some(only) = settings::database().filter(|db| *db != catalog::database_name()) {
+        ereport!(
+            PgLogLevel::WARNING,
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!("webhooks.database = '{only}': events of this database are captured but nothing will be delivered"),
+            "Set webhooks.database to '' (every database) or to this database, and restart PostgreSQL."
+        );
+    }
     if !PRELOADED.load(std::sync::atomic::Ordering::Relaxed) {
         ereport!(
             PgLogLevel::WARNING,

@@ -10,7 +10,8 @@ use webhooks_core::destination::NetPolicy;
 use webhooks_core::env_policy::EnvPolicy;
 use webhooks_core::tls::TlsSettings;
 
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
 pub static MAX_CONCURRENT: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static MAX_CONCURRENT_PER_TRIGGER: GucSetting<i32> = GucSetting::<i32>::new(0);
@@ -26,22 +27,33 @@ pub static CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>:
 pub static TLS_CLIENT_CERT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static TLS_CLIENT_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// Registers the settings. `webhooks.database` takes effect at server start
-/// only, and PostgreSQL refuses such a setting from a library loaded later,
-/// so it exists only when the library is preloaded.
+/// Registers the settings. `webhooks.database` and `webhooks.max_workers`
+/// take effect at server start only, and PostgreSQL refuses such settings
+/// from a library loaded later, so they exist only when the library is
+/// preloaded.
 pub fn register(preloading: bool) {
     if preloading {
-        register_database();
+        register_server_start();
     }
     register_reloadable();
 }
 
-fn register_database() {
+fn register_server_start() {
     GucRegistry::define_string_guc(
         c"webhooks.database",
-        c"The database whose events the pg_webhooks worker delivers.",
-        c"The extension must be installed there. Takes effect at server start.",
+        c"When set, the only database whose events pg_webhooks delivers; when empty, every database with the extension.",
+        c"Takes effect at server start.",
         &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"webhooks.max_workers",
+        c"Delivery workers that run at once: one per database with the extension.",
+        c"Each is a background worker and counts against max_worker_processes, as does the launcher. Takes effect at server start.",
+        &MAX_WORKERS,
+        1,
+        crate::shmem::MAX_WORKERS as i32,
         GucContext::Postmaster,
         GucFlags::default(),
     );
@@ -215,8 +227,13 @@ pub fn retention() -> Option<String> {
     Some(text(&RETENTION)).filter(|s| !s.is_empty())
 }
 
-pub fn database() -> String {
-    DATABASE.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".into())
+/// `webhooks.database`, if set and not empty.
+pub fn database() -> Option<String> {
+    Some(text(&DATABASE)).filter(|s| !s.is_empty())
+}
+
+pub fn max_workers() -> usize {
+    MAX_WORKERS.get().clamp(1, crate::shmem::MAX_WORKERS as i32) as usize
 }
 
 pub fn max_concurrent() -> usize {

@@ -1,19 +1,39 @@
-//! `webhooks.worker_status()`: what the delivery worker is doing, read from
-//! shared memory.
+//! `webhooks.worker_status()`: what the delivery workers are doing, read
+//! from shared memory.
 
 use std::sync::atomic::Ordering;
 
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
-use crate::{settings, shmem};
+use crate::shmem::{self, state};
 
 fn timestamp(micros: i64) -> Option<TimestampWithTimeZone> {
     (micros != 0).then(|| TimestampWithTimeZone::try_from(micros).ok()).flatten()
 }
 
-/// One row while the library is preloaded (pid is NULL while no worker
-/// runs); no row otherwise.
+/// The name of database `oid`, if it still exists.
+fn database_name(oid: u32) -> Option<String> {
+    // SAFETY: a catalog lookup; the palloc'd name is copied at once.
+    unsafe {
+        let name = pg_sys::get_database_name(pg_sys::Oid::from(oid));
+        (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned())
+    }
+}
+
+type Row = (
+    Option<i32>,
+    Option<String>,
+    Option<TimestampWithTimeZone>,
+    Option<TimestampWithTimeZone>,
+    i64,
+    i64,
+    i64,
+);
+
+/// One row per database a delivery worker serves, the current database's
+/// first; when none serves the current database, a row for it with a NULL
+/// pid. No row at all when the library is not preloaded.
 #[pg_extern(schema = "webhooks")]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
@@ -30,16 +50,31 @@ fn worker_status() -> TableIterator<
     ),
 > {
     let Some(s) = shmem::shared() else { return TableIterator::new(Vec::new()) };
-    let pid = s.pid.load(Ordering::Relaxed);
-    let running = pid != 0;
-    let row = (
-        running.then_some(pid),
-        Some(settings::database()),
-        if running { timestamp(s.started_at.load(Ordering::Relaxed)) } else { None },
-        if running { timestamp(s.last_wakeup.load(Ordering::Relaxed)) } else { None },
-        if running { s.in_flight.load(Ordering::Relaxed) } else { 0 },
-        s.delivered.load(Ordering::Relaxed) as i64,
-        s.failed.load(Ordering::Relaxed) as i64,
-    );
-    TableIterator::new(vec![row])
+    // SAFETY: reads a backend global.
+    let mine = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let mut rows: Vec<(bool, Row)> = Vec::new();
+    for slot in &s.slots {
+        let db = slot.database.load(Ordering::Acquire);
+        let pid = slot.pid.load(Ordering::Relaxed);
+        if db == 0 || pid == 0 || slot.state.load(Ordering::Acquire) != state::SERVING {
+            continue;
+        }
+        rows.push((
+            db == mine,
+            (
+                Some(pid),
+                database_name(db),
+                timestamp(slot.started_at.load(Ordering::Relaxed)),
+                timestamp(slot.last_wakeup.load(Ordering::Relaxed)),
+                slot.in_flight.load(Ordering::Relaxed),
+                slot.delivered.load(Ordering::Relaxed) as i64,
+                slot.failed.load(Ordering::Relaxed) as i64,
+            ),
+        ));
+    }
+    if !rows.iter().any(|(m, _)| *m) {
+        rows.push((true, (None, database_name(mine), None, None, 0, 0, 0)));
+    }
+    rows.sort_by_key(|(m, r)| (!m, r.1.clone()));
+    TableIterator::new(rows.into_iter().map(|(_, r)| r).collect::<Vec<_>>())
 }

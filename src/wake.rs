@@ -1,6 +1,8 @@
-//! What a commit tells other processes: that it wrote events (the worker
-//! wakes), and that it changed definitions (every backend's capture
-//! recompiles).
+//! What a commit tells other processes: that it wrote events or dropped the
+//! extension (the database's worker wakes), that it created the extension
+//! (the launcher starts a worker for the database), and that it changed
+//! definitions (every backend's capture recompiles). And what DROP DATABASE
+//! tells the worker of that database: to stop, so that the drop can go on.
 //!
 //! Capture and the definitions trigger only set backend-local flags; a
 //! transaction callback, registered once per backend, acts on them at
@@ -19,6 +21,7 @@ use crate::shmem;
 thread_local! {
     static WROTE_EVENTS: Cell<bool> = const { Cell::new(false) };
     static DEFINITIONS_CHANGED: Cell<bool> = const { Cell::new(false) };
+    static EXTENSION_CREATED: Cell<bool> = const { Cell::new(false) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -43,6 +46,14 @@ pub fn note_definitions_changed() {
     }
 }
 
+/// Called by CREATE EXTENSION pg_webhooks: at commit, the launcher starts
+/// a worker for this database.
+pub fn note_extension_created() {
+    if !EXTENSION_CREATED.with(|w| w.replace(true)) {
+        register();
+    }
+}
+
 /// Runs at every transaction end of this backend. It must not fail: at
 /// COMMIT an ERROR would be promoted to PANIC.
 ///
@@ -61,33 +72,86 @@ unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: 
             if WROTE_EVENTS.with(|w| w.replace(false)) {
                 shmem::wake_worker();
             }
+            if EXTENSION_CREATED.with(|w| w.replace(false)) {
+                shmem::request_worker();
+            }
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT
         | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
         | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             WROTE_EVENTS.with(|w| w.set(false));
             DEFINITIONS_CHANGED.with(|w| w.set(false));
+            EXTENSION_CREATED.with(|w| w.set(false));
         }
         _ => {}
     }
 }
 
+/// Called before every utility statement runs. DROP DATABASE, and CREATE
+/// DATABASE from a template, fail while another process is connected to
+/// that database (they wait five seconds for it to leave): the worker
+/// serving it is asked to stop first, and the launcher waits a while before
+/// it starts one there again.
+///
+/// # Safety
+/// `pstmt` must be the statement PostgreSQL is about to run.
+pub unsafe fn before_utility(pstmt: *mut pg_sys::PlannedStmt) {
+    // SAFETY: the planned statement and its utility node are valid while the
+    // hook runs; names are NUL-terminated strings of the parse tree, and
+    // the options a list of DefElem nodes.
+    unsafe {
+        let node = (*pstmt).utilityStmt;
+        if node.is_null() {
+            return;
+        }
+        let name = match (*node).type_ {
+            pg_sys::NodeTag::T_DropdbStmt => (*node.cast::<pg_sys::DropdbStmt>()).dbname.cast_const(),
+            pg_sys::NodeTag::T_CreatedbStmt => {
+                let options = pgrx::PgList::<pg_sys::DefElem>::from_pg((*node.cast::<pg_sys::CreatedbStmt>()).options);
+                let template = options
+                    .iter_ptr()
+                    .find(|d| !(**d).arg.is_null() && std::ffi::CStr::from_ptr((**d).defname) == c"template");
+                match template {
+                    Some(d) => pg_sys::defGetString(d),
+                    None => return,
+                }
+            }
+            _ => return,
+        };
+        let db = pg_sys::get_database_oid(name, true);
+        if db != pg_sys::Oid::INVALID {
+            shmem::stop_worker_of(db);
+        }
+    }
+}
+
 /// Called after every utility statement has run: a `COMMIT PREPARED` that
-/// succeeded may have committed events and definition changes.
+/// succeeded may have committed events and definition changes; a DROP
+/// EXTENSION wakes this database's worker at commit, so that it stops.
 ///
 /// # Safety
 /// `pstmt` must be the statement PostgreSQL just ran.
 pub unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt) {
     // SAFETY: the planned statement and its utility node are valid while the
     // hook that ran them returns.
-    let commit_prepared = unsafe {
+    let (commit_prepared, drop_extension) = unsafe {
         let node = (*pstmt).utilityStmt;
-        !node.is_null()
-            && (*node).type_ == pg_sys::NodeTag::T_TransactionStmt
-            && (*node.cast::<pg_sys::TransactionStmt>()).kind == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED
+        if node.is_null() {
+            return;
+        }
+        (
+            (*node).type_ == pg_sys::NodeTag::T_TransactionStmt
+                && (*node.cast::<pg_sys::TransactionStmt>()).kind
+                    == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED,
+            (*node).type_ == pg_sys::NodeTag::T_DropStmt
+                && (*node.cast::<pg_sys::DropStmt>()).removeType == pg_sys::ObjectType::OBJECT_EXTENSION,
+        )
     };
     if commit_prepared {
         shmem::definitions_changed();
         shmem::wake_worker();
+    }
+    if drop_extension {
+        note_event_written();
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use webhooks_core::body::WebhookBody;
 use webhooks_core::definition::{Definition, RetryConf};
@@ -27,38 +27,72 @@ use webhooks_core::resolve::SharedPolicy;
 use webhooks_core::retry::{self, Verdict};
 use webhooks_core::tls;
 
-use crate::shmem::{self, WorkerShared};
+use crate::shmem::{self, WorkerSlot};
 use crate::{catalog, definitions, event_log, settings};
 
-/// Registers the worker; called from `_PG_init` while preloading.
-pub fn register() {
-    BackgroundWorkerBuilder::new("pg_webhooks delivery worker")
-        .set_type("pg_webhooks")
-        .set_library("pg_webhooks")
-        .set_function("pg_webhooks_worker_main")
-        .enable_spi_access()
-        .set_restart_time(Some(Duration::from_secs(1)))
-        .load();
-}
-
+/// A delivery worker, started by the launcher for the database of shared
+/// memory slot `arg`. It first checks that the extension is installed
+/// there; if not, it says so in its slot and exits.
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn pg_webhooks_worker_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn pg_webhooks_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = settings::database();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     let shared = shmem::shared().expect("the worker only runs when preloaded");
-    shared.register_worker();
-    log!("pg_webhooks: delivery worker started for database \"{database}\"");
-    let mut worker = Worker::new(shared);
-    worker.run();
-    shared.unregister_worker();
-    log!("pg_webhooks: delivery worker stopped");
-    // Exit code 1: the postmaster starts the worker again after the restart
-    // interval, unless the server is shutting down. So pg_terminate_backend()
-    // restarts the worker rather than stopping delivery for good.
+    let Some(slot) = shared.slots.get(arg.value()) else {
+        error!("pg_webhooks: delivery worker started for slot {} of {}", arg.value(), shmem::MAX_WORKERS)
+    };
+    // SAFETY: registers a callback for the life of the process; its
+    // argument is the slot index, checked above.
+    unsafe { pg_sys::before_shmem_exit(Some(on_exit), arg) };
+    let database = pg_sys::Oid::from(slot.database.load(Ordering::Acquire));
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    slot.register_worker();
+    let (installed, name) = BackgroundWorker::transaction(|| (catalog::extension_installed(), catalog::database_name()));
+    if !installed {
+        debug1!("pg_webhooks: database \"{name}\" has no pg_webhooks extension; nothing to deliver there");
+        slot.state.store(shmem::state::ABSENT, Ordering::Release);
+        // SAFETY: ends the process, as a background worker does.
+        unsafe { pg_sys::proc_exit(0) };
+    }
+    slot.state.store(shmem::state::SERVING, Ordering::Release);
+    log!("pg_webhooks: delivery worker started for database \"{name}\"");
+    let mut worker = Worker::new(slot);
+    match worker.run() {
+        Stop::Terminated => log!("pg_webhooks: delivery worker for database \"{name}\" stopped"),
+        Stop::Dropped => {
+            log!("pg_webhooks: the extension was dropped from database \"{name}\"; its delivery worker stops");
+            slot.state.store(shmem::state::ABSENT, Ordering::Release);
+        }
+    }
+    // Whatever the reason, the launcher decides what comes next: a new
+    // worker after a pause, unless the extension or the database is gone.
+    // So pg_terminate_backend() restarts the worker rather than stopping
+    // delivery for good.
     // SAFETY: ends the process, as a background worker does.
-    unsafe { pg_sys::proc_exit(1) };
+    unsafe { pg_sys::proc_exit(0) };
+}
+
+/// Runs as the worker's process exits, however it exits (an ERROR, FATAL
+/// while connecting): the slot shows that no worker runs.
+///
+/// # Safety
+/// Called by PostgreSQL only, with the slot index registered above.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
+    if let Some(slot) = shmem::shared().and_then(|s| s.slots.get(arg.value())) {
+        slot.unregister_worker();
+        if let Some(s) = shmem::shared() {
+            s.wake_launcher();
+        }
+    }
+}
+
+/// Why [`Worker::run`] returned.
+enum Stop {
+    /// SIGTERM: the server stops, or someone terminated the worker.
+    Terminated,
+    /// The extension is no longer installed in the database.
+    Dropped,
 }
 
 /// One event trigger as the worker serves it: its definition, and where its
@@ -108,7 +142,7 @@ const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
 const RETENTION_EVERY: Duration = Duration::from_secs(10);
 
 struct Worker {
-    shared: &'static WorkerShared,
+    shared: &'static WorkerSlot,
     pool: Pool,
     /// `webhooks.allow_networks` / `deny_networks`, read by every HTTP
     /// thread's resolver.
@@ -137,7 +171,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(shared: &'static WorkerShared) -> Worker {
+    fn new(shared: &'static WorkerSlot) -> Worker {
         let (read_fd, write_fd) = wake_pipe();
         let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             // SAFETY: a write to a pipe this process owns for its lifetime.
@@ -209,13 +243,13 @@ impl Worker {
     /// refresh, claim) runs when something may be due (a wake-up, a
     /// timeout), when a lane's queue runs low, or when enough outcomes
     /// wait; its claims are sent once it has committed.
-    fn run(&mut self) {
+    fn run(&mut self) -> Stop {
         let mut woken = true;
         self.pool.configure(settings::max_concurrent_per_trigger(), flush_at());
         loop {
             if BackgroundWorker::sigterm_received() {
                 self.shutdown();
-                return;
+                return Stop::Terminated;
             }
             if BackgroundWorker::sighup_received() {
                 self.reload();
@@ -232,6 +266,10 @@ impl Worker {
                 // An ERROR ends the process (the postmaster restarts it), so
                 // no state survives a failed transaction.
                 BackgroundWorker::transaction(AssertUnwindSafe(|| self.round()));
+                if !self.ready {
+                    self.shutdown();
+                    return Stop::Dropped;
+                }
                 self.send();
             }
             self.shared.in_flight.store(self.in_flight.len() as i64, Ordering::Relaxed);
@@ -363,12 +401,10 @@ impl Worker {
 
     /// Whether the extension is installed; the first time it is, sets up
     /// the session and releases the locks a dead worker left. When it is
-    /// gone, forgets everything claimed (it belonged to the dropped tables).
+    /// gone, forgets everything claimed (it belonged to the dropped tables)
+    /// and the worker stops.
     fn ensure_ready(&mut self) -> bool {
         if !catalog::extension_installed() {
-            if self.ready {
-                log!("pg_webhooks: the extension is not installed in this database; waiting for CREATE EXTENSION");
-            }
             self.ready = false;
             self.in_flight.clear();
             self.lanes.clear();
