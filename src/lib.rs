@@ -5,19 +5,24 @@
 //!
 //! - [`api`]: the SQL functions of schema `webhooks` (create, delete,
 //!   invoke, redeliver, query).
+//! - [`definitions`]: the one owner of `webhooks.event_triggers`.
 //! - [`capture`]: the row trigger that writes events in the writing
-//!   transaction; [`payload`] builds their jsonb and [`append`] writes them
-//!   into the event log.
+//!   transaction; [`payload`] builds their jsonb and [`event_log`], the one
+//!   owner of the event tables, appends them (and claims and records them
+//!   for the worker).
 //! - [`catalog`]: lookups of tables, columns and the extension owner, and
 //!   running SQL with the owner's rights.
 //! - [`errors`]: raising `ApiError`s with their SQLSTATE.
 //! - [`json_arg`]: jsonb arguments that never fail as internal errors.
 //! - [`settings`]: the `webhooks.*` settings.
-//! - [`shmem`]: shared memory: the worker's latch and counters.
-//! - [`wake`]: waking the worker once per committing transaction.
-//! - [`store`]: the event store as the worker uses it (claim, record).
-//! - [`worker`]: the background worker that delivers events.
+//! - [`shmem`]: shared memory: a slot per delivery worker, the launcher's
+//!   requests, the definitions generation.
+//! - [`wake`]: what a commit tells other processes (once per transaction),
+//!   and what DROP DATABASE tells a worker.
+//! - [`launcher`]: starts a delivery worker per database with the extension.
+//! - [`worker`]: the background worker that delivers one database's events.
 //! - [`status`] serves `webhooks.worker_status()`.
+//! - [`compat`]: what differs between PostgreSQL majors.
 //! - `sql/`: the tables, the DDL event triggers, the privileges and
 //!   descriptions (`finalize.sql`), the upgrade scripts between releases
 //!   (`pg_webhooks--A--B.sql`) and the released install scripts (`archive/`).

@@ -157,10 +157,9 @@ pub fn wake_worker() {
 pub fn request_worker() {
     let Some(s) = shared() else { return };
     let db = my_database();
-    let placed = s
-        .requests
-        .iter()
-        .any(|r| r.load(Ordering::Relaxed) == db || r.compare_exchange(0, db, Ordering::AcqRel, Ordering::Relaxed).is_ok());
+    let placed = s.requests.iter().any(|r| {
+        r.load(Ordering::Relaxed) == db || r.compare_exchange(0, db, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    });
     if !placed {
         s.requests_overflowed.store(true, Ordering::Release);
     }
@@ -209,8 +208,7 @@ impl Shared {
     /// not fit and every database must be looked at.
     pub fn take_requests(&self) -> Option<Vec<u32>> {
         let overflowed = self.requests_overflowed.swap(false, Ordering::AcqRel);
-        let taken: Vec<u32> =
-            self.requests.iter().map(|r| r.swap(0, Ordering::AcqRel)).filter(|&db| db != 0).collect();
+        let taken: Vec<u32> = self.requests.iter().map(|r| r.swap(0, Ordering::AcqRel)).filter(|&db| db != 0).collect();
         (!overflowed).then_some(taken)
     }
 

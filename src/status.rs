@@ -21,15 +21,7 @@ fn database_name(oid: u32) -> Option<String> {
     }
 }
 
-type Row = (
-    Option<i32>,
-    Option<String>,
-    Option<TimestampWithTimeZone>,
-    Option<TimestampWithTimeZone>,
-    i64,
-    i64,
-    i64,
-);
+type Row = (Option<i32>, Option<String>, Option<TimestampWithTimeZone>, Option<TimestampWithTimeZone>, i64, i64, i64);
 
 /// One row per database a delivery worker serves, the current database's
 /// first; when none serves the current database, a row for it with a NULL

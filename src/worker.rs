@@ -47,7 +47,8 @@ pub extern "C-unwind" fn pg_webhooks_worker_main(arg: pg_sys::Datum) {
     let database = pg_sys::Oid::from(slot.database.load(Ordering::Acquire));
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     slot.register_worker();
-    let (installed, name) = BackgroundWorker::transaction(|| (catalog::extension_installed(), catalog::database_name()));
+    let (installed, name) =
+        BackgroundWorker::transaction(|| (catalog::extension_installed(), catalog::database_name()));
     if !installed {
         debug1!("pg_webhooks: database \"{name}\" has no pg_webhooks extension; nothing to deliver there");
         slot.state.store(shmem::state::ABSENT, Ordering::Release);
@@ -606,7 +607,8 @@ impl Worker {
                 .as_ref()
                 .and_then(|r| r.header("retry-after"))
                 .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-            let verdict = retry::classify(o.completed_status(), retry_after, f.tries_before, &f.retry);
+            let verdict =
+                retry::classify(o.completed_status(), retry_after, f.tries_before, &f.retry, retry::random_unit());
             let happened = request::scrub_text(o.summary(), &f.secrets);
             match verdict {
                 Verdict::Delivered => {

@@ -100,11 +100,33 @@ pub struct RetryConf {
     pub num_retries: i32,
     pub interval_sec: i32,
     pub timeout_sec: i32,
+    pub backoff: Backoff,
+    /// The longest wait of exponential backoff.
+    pub max_interval_sec: i32,
+}
+
+/// How the wait between attempts grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// `interval_sec` every time (Hasura's behaviour).
+    Fixed,
+    /// `interval_sec * 2^(n-1)` before retry n, up to `max_interval_sec`,
+    /// with jitter.
+    Exponential,
+}
+
+impl Backoff {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backoff::Fixed => "fixed",
+            Backoff::Exponential => "exponential",
+        }
+    }
 }
 
 impl Default for RetryConf {
     fn default() -> Self {
-        RetryConf { num_retries: 0, interval_sec: 10, timeout_sec: 60 }
+        RetryConf { num_retries: 0, interval_sec: 10, timeout_sec: 60, backoff: Backoff::Fixed, max_interval_sec: 3600 }
     }
 }
 
@@ -211,6 +233,8 @@ impl Definition {
                 "num_retries": self.retry_conf.num_retries,
                 "interval_sec": self.retry_conf.interval_sec,
                 "timeout_sec": self.retry_conf.timeout_sec,
+                "backoff": self.retry_conf.backoff.as_str(),
+                "max_interval_sec": self.retry_conf.max_interval_sec,
             }),
         );
         m.insert("enable_manual".into(), json!(self.enable_manual));
@@ -598,7 +622,7 @@ fn parse_retry_conf(v: Option<&Value>, max_timeout_sec: i32) -> ApiResult<RetryC
             )))
         }
     };
-    const KEYS: &[&str] = &["num_retries", "interval_sec", "timeout_sec"];
+    const KEYS: &[&str] = &["num_retries", "interval_sec", "timeout_sec", "backoff", "max_interval_sec"];
     for k in o.keys() {
         if !KEYS.contains(&k.as_str()) {
             return Err(unknown_key("retry_conf.", k, KEYS));
@@ -612,10 +636,23 @@ fn parse_retry_conf(v: Option<&Value>, max_timeout_sec: i32) -> ApiResult<RetryC
         ))
         .with_hint(format!("Give at most {max_timeout_sec}, or ask a superuser to raise webhooks.max_timeout.")));
     }
+    let backoff = match o.get("backoff") {
+        None | Some(Value::Null) => d.backoff,
+        Some(Value::String(s)) if s == "fixed" => Backoff::Fixed,
+        Some(Value::String(s)) if s == "exponential" => Backoff::Exponential,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "invalid value for key \"retry_conf.backoff\": expected \"fixed\" or \"exponential\", got {}",
+                describe(other)
+            )))
+        }
+    };
     Ok(RetryConf {
         num_retries: parse_int("retry_conf.num_retries", o.get("num_retries"), d.num_retries, 0)?,
         interval_sec: parse_int("retry_conf.interval_sec", o.get("interval_sec"), d.interval_sec, 0)?,
         timeout_sec,
+        backoff,
+        max_interval_sec: parse_int("retry_conf.max_interval_sec", o.get("max_interval_sec"), d.max_interval_sec, 1)?,
     })
 }
 
@@ -844,7 +881,7 @@ mod tests {
                 "webhook": "http://127.0.0.1:9/hook",
                 "insert": {"columns": "*", "payload": "*"},
                 "headers": [],
-                "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60},
+                "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60, "backoff": "fixed", "max_interval_sec": 3600},
                 "enable_manual": true
             })
         );
@@ -870,7 +907,7 @@ mod tests {
         let d = &a.definition;
         assert_eq!(d.table, TableRef { schema: "Sales Data".into(), name: "Orders".into() });
         assert_eq!(d.webhook, Webhook::FromEnv("HOOK_URL".into()));
-        assert_eq!(d.retry_conf, RetryConf { num_retries: 3, interval_sec: 0, timeout_sec: 1 });
+        assert_eq!(d.retry_conf, RetryConf { num_retries: 3, interval_sec: 0, timeout_sec: 1, ..RetryConf::default() });
         assert_eq!(d.listed_columns(), vec!["id", "select", "status"]);
         let stored = d.to_json();
         assert_eq!(Definition::from_stored(&stored).unwrap(), *d);
@@ -1070,7 +1107,12 @@ mod tests {
     #[test]
     fn retry_conf_rules() {
         let a = parse(with("retry_conf", json!({"num_retries": 5}))).unwrap();
-        assert_eq!(a.definition.retry_conf, RetryConf { num_retries: 5, interval_sec: 10, timeout_sec: 60 });
+        assert_eq!(a.definition.retry_conf, RetryConf { num_retries: 5, ..RetryConf::default() });
+        let a = parse(with("retry_conf", json!({"backoff": "exponential", "max_interval_sec": 600}))).unwrap();
+        assert_eq!(
+            (a.definition.retry_conf.backoff, a.definition.retry_conf.max_interval_sec),
+            (Backoff::Exponential, 600)
+        );
         let a = parse(with("retry_conf", json!({"interval_sec": 2.0}))).unwrap();
         assert_eq!(a.definition.retry_conf.interval_sec, 2);
         for (k, v, want) in [
@@ -1080,6 +1122,9 @@ mod tests {
             ("num_retries", json!(1.5), "got number 1.5"),
             ("num_retries", json!("3"), "got string \"3\""),
             ("timeout_sec", json!(1e12), "got number"),
+            ("max_interval_sec", json!(0), ">= 1, got number 0"),
+            ("backoff", json!("linear"), "expected \"fixed\" or \"exponential\", got string \"linear\""),
+            ("backoff", json!(true), "got boolean true"),
         ] {
             let e = err(with("retry_conf", json!({ k: v })));
             assert_eq!(e.state, SqlState::InvalidParameterValue);

@@ -95,8 +95,12 @@ impl Pool {
         pool
     }
 
-    /// Adds threads until there are `threads` of them.
+    /// Adds threads until there are `threads` of them. They are created
+    /// with every signal blocked (a thread inherits its creator's mask), so
+    /// that no signal can reach one before it could block them itself:
+    /// PostgreSQL's handlers must run on the main thread only.
     pub fn grow(&mut self, threads: usize) {
+        let saved = block_all_signals();
         while self.threads < threads {
             let shared = self.shared.clone();
             // Each thread has its own agent, so its own connection pool: a
@@ -106,7 +110,6 @@ impl Pool {
             std::thread::Builder::new()
                 .name(format!("pg_webhooks-http-{}", self.threads))
                 .spawn(move || {
-                    block_all_signals();
                     let (lock, cv) = &*shared;
                     let mut done: Option<(usize, Outcome)> = None;
                     loop {
@@ -161,6 +164,7 @@ impl Pool {
                 .expect("spawning an HTTP thread");
             self.threads += 1;
         }
+        restore_signals(&saved);
     }
 
     /// Sets how many attempts of one lane may be on the wire, and after how
@@ -238,20 +242,76 @@ impl Drop for Pool {
 }
 
 /// Blocks every signal in the calling thread, so that the process's signal
-/// handlers (PostgreSQL's) only ever run on the main thread.
-pub fn block_all_signals() {
-    // SAFETY: a zeroed sigset_t is a valid argument to sigfillset, which
-    // fills it; pthread_sigmask changes only the calling thread's mask.
+/// handlers (PostgreSQL's) only ever run on the main thread. Returns the
+/// mask it replaced.
+pub fn block_all_signals() -> libc::sigset_t {
+    // SAFETY: zeroed sigset_t values are valid arguments to sigfillset and
+    // pthread_sigmask, which fill them; pthread_sigmask changes only the
+    // calling thread's mask.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
     }
+}
+
+/// Puts back a mask [`block_all_signals`] returned.
+fn restore_signals(mask: &libc::sigset_t) {
+    // SAFETY: sets the calling thread's mask to one read from it before.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The signals blocked in the calling thread, as a bit set of 1..=64.
+    fn blocked_here() -> u64 {
+        // SAFETY: reads the calling thread's mask into a zeroed set.
+        unsafe {
+            let mut cur: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
+            (1..=64).filter(|&s| libc::sigismember(&cur, s) == 1).fold(0, |m, s| m | 1 << (s - 1))
+        }
+    }
+
+    #[test]
+    fn threads_start_with_signals_blocked_and_the_caller_keeps_its_mask() {
+        let before = blocked_here();
+        let pool = Pool::new(2, 1, Client::new(1024), Arc::new(|| {}));
+        assert_eq!(blocked_here(), before, "the creating thread's mask is restored");
+        // Every HTTP thread blocks SIGHUP, SIGTERM and SIGUSR1 (from birth,
+        // as it inherited the mask grow() set while creating it). A thread
+        // names itself once it runs: look until both have.
+        let masks = || -> Vec<u64> {
+            let mut found = Vec::new();
+            for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                if comm.starts_with("pg_webhooks-htt") {
+                    let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                    if let Some(blk) = status.lines().find_map(|l| l.strip_prefix("SigBlk:")) {
+                        found.push(u64::from_str_radix(blk.trim(), 16).unwrap());
+                    }
+                }
+            }
+            found
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut found = masks();
+        while found.len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            found = masks();
+        }
+        assert!(found.len() >= 2, "found {} HTTP threads", found.len());
+        for mask in found {
+            for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGUSR1, libc::SIGINT] {
+                assert_ne!(mask & (1 << (sig - 1)), 0, "signal {sig} blocked");
+            }
+        }
+        drop(pool);
+    }
     use crate::http::test_server::{attempt, serve_once};
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};

@@ -3,7 +3,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::definition::RetryConf;
+use crate::definition::{Backoff, RetryConf};
+
+/// Exponential backoff spreads each wait by up to this fraction either
+/// way, so that events that failed together do not retry together.
+pub const JITTER: f64 = 0.2;
 
 /// The longest delay a `Retry-After` header may ask for. Longer values are
 /// cut to this so that a confused webhook cannot park events for years.
@@ -27,16 +31,48 @@ pub fn is_success(status: Option<u16>) -> bool {
 
 /// Classifies an attempt. `tries_before` is how many attempts the event had
 /// before this one; an event gets `num_retries + 1` attempts in all.
-/// `Retry-After` changes the delay, never the number of attempts.
-pub fn classify(status: Option<u16>, retry_after: Option<Duration>, tries_before: i32, conf: &RetryConf) -> Verdict {
+/// `Retry-After` changes the delay, never the number of attempts. `random`
+/// is uniform in [0, 1): the jitter of exponential backoff.
+pub fn classify(
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    tries_before: i32,
+    conf: &RetryConf,
+    random: f64,
+) -> Verdict {
     if is_success(status) {
         return Verdict::Delivered;
     }
     if tries_before.saturating_add(1) > conf.num_retries {
         return Verdict::Failed;
     }
-    let interval = Duration::from_secs(conf.interval_sec.max(0) as u64);
-    Verdict::Retry(retry_after.unwrap_or(interval))
+    Verdict::Retry(retry_after.unwrap_or_else(|| delay(conf, tries_before.saturating_add(1), random)))
+}
+
+/// The wait before retry `n` (1-based): `interval_sec` with fixed backoff;
+/// with exponential backoff `min(max_interval_sec, interval_sec * 2^(n-1))`
+/// spread by +/-[`JITTER`] (`random` uniform in [0, 1)).
+pub fn delay(conf: &RetryConf, n: i32, random: f64) -> Duration {
+    let interval = conf.interval_sec.max(0) as f64;
+    match conf.backoff {
+        Backoff::Fixed => Duration::from_secs_f64(interval),
+        Backoff::Exponential => {
+            let grown = interval * 2f64.powi((n.max(1) - 1).min(62));
+            let capped = grown.min(conf.max_interval_sec.max(1) as f64);
+            let spread = 1.0 + JITTER * (2.0 * random.clamp(0.0, 1.0) - 1.0);
+            Duration::from_secs_f64(capped * spread)
+        }
+    }
+}
+
+/// A uniform random number in [0, 1) from the operating system, for
+/// [`classify`]'s jitter; 0.5 (no spread) if it cannot be had.
+pub fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::getrandom(&mut bytes) {
+        Ok(()) => (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.5,
+    }
 }
 
 /// Parses a `Retry-After` value: delay-seconds or an HTTP date. Negative,
@@ -57,7 +93,55 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 mod tests {
     use super::*;
 
-    const CONF: RetryConf = RetryConf { num_retries: 2, interval_sec: 10, timeout_sec: 60 };
+    const CONF: RetryConf = RetryConf {
+        num_retries: 2,
+        interval_sec: 10,
+        timeout_sec: 60,
+        backoff: Backoff::Fixed,
+        max_interval_sec: 3600,
+    };
+
+    fn classify(status: Option<u16>, retry_after: Option<Duration>, tries_before: i32, conf: &RetryConf) -> Verdict {
+        super::classify(status, retry_after, tries_before, conf, 0.5)
+    }
+
+    #[test]
+    fn fixed_backoff_waits_the_interval_every_time() {
+        for n in 1..10 {
+            for r in [0.0, 0.5, 0.999] {
+                assert_eq!(delay(&CONF, n, r), Duration::from_secs(10));
+            }
+        }
+    }
+
+    #[test]
+    fn exponential_backoff_doubles_up_to_the_cap_with_jitter() {
+        let conf =
+            RetryConf { backoff: Backoff::Exponential, interval_sec: 2, max_interval_sec: 60, num_retries: 20, ..CONF };
+        let secs = |n, r| delay(&conf, n, r).as_secs_f64();
+        assert_eq!([1, 2, 3, 4, 5, 6, 7, 30].map(|n| secs(n, 0.5)), [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]);
+        // +/-20% at the extremes of the random number.
+        assert!((secs(3, 0.0) - 6.4).abs() < 1e-9);
+        assert!((secs(3, 0.999_999) - 9.6).abs() < 1e-4);
+        assert!((secs(30, 0.0) - 48.0).abs() < 1e-9);
+        // No overflow for absurd attempt numbers.
+        assert_eq!(secs(i32::MAX, 0.5), 60.0);
+        // A random number out of range is clamped, not trusted.
+        assert!((secs(1, 7.0) - 2.4).abs() < 1e-9);
+        // Retry-After still wins.
+        assert_eq!(
+            super::classify(Some(503), Some(Duration::from_secs(3)), 4, &conf, 0.0),
+            Verdict::Retry(Duration::from_secs(3))
+        );
+        assert_eq!(super::classify(Some(503), None, 4, &conf, 0.5), Verdict::Retry(Duration::from_secs(32)));
+    }
+
+    #[test]
+    fn random_units_are_in_range_and_vary() {
+        let xs: Vec<f64> = (0..100).map(|_| random_unit()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        assert!(xs.iter().any(|x| *x != xs[0]));
+    }
 
     #[test]
     fn only_2xx_is_success() {

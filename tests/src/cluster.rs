@@ -102,6 +102,49 @@ impl Cluster {
         c
     }
 
+    /// A streaming standby of this cluster (`pg_basebackup -R`), started:
+    /// its own directory and port, the primary's settings otherwise.
+    pub fn start_standby(&self) -> Cluster {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/pgwh-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut chown = Command::new("chown");
+        chown.args(["postgres:postgres", dir.to_str().unwrap()]);
+        run(chown, "chown");
+        let mut backup = as_postgres("pg_basebackup");
+        backup.args([
+            "-D",
+            dir.join("data").to_str().unwrap(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-X",
+            "stream",
+            "-R",
+            "--no-sync",
+        ]);
+        run(backup, "pg_basebackup");
+        let port = free_port();
+        let conf_path = dir.join("data/postgresql.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).unwrap();
+        conf.push_str(&format!("port = {port}\nunix_socket_directories = '{}'\n", dir.display()));
+        std::fs::write(&conf_path, conf).unwrap();
+        let c = Cluster { dir, port, extra_env: self.extra_env.clone() };
+        c.pg_ctl_start();
+        c
+    }
+
+    /// Promotes a standby, waiting until it accepts writes.
+    pub fn promote(&self) {
+        let mut c = as_postgres("pg_ctl");
+        c.args(["-D", self.data().to_str().unwrap(), "-w", "-t", "60", "promote"]);
+        run(c, "pg_ctl promote");
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("server.log")
     }

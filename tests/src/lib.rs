@@ -34,10 +34,20 @@ pub fn with_shared_settings<R>(settings: &str, f: impl FnOnce(&Cluster) -> R) ->
 }
 
 /// Like [`with_shared_settings`], with extra environment for the server.
+///
+/// A shared cluster's worker serves only `postgres` (`webhooks.database`):
+/// the fresh databases of capture and API tests keep their event log as
+/// written, with no worker delivering it under the test. The suite
+/// `databases` tests serving every database, on clusters of its own.
 pub fn with_shared_env<R>(settings: &str, env: &[(&str, &str)], f: impl FnOnce(&Cluster) -> R) -> R {
     let m = SHARED.get_or_init(|| {
         unsafe { libc::atexit(stop_shared) };
-        Mutex::new(Some(Cluster::start_with_env(settings, env)))
+        let settings = if settings.contains("webhooks.database") {
+            settings.to_string()
+        } else {
+            format!("webhooks.database = 'postgres'\n{settings}")
+        };
+        Mutex::new(Some(Cluster::start_with_env(&settings, env)))
     });
     // Clusters are only created under the lock; using one needs no lock.
     let ptr: *const Cluster = m.lock().unwrap().as_ref().expect("shared cluster stopped") as *const _;
