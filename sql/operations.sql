@@ -13,7 +13,8 @@ SELECT t.name AS trigger_name,
        s.oldest_pending_age,
        s.last_delivered_at,
        s.last_error_at,
-       t.paused
+       t.paused,
+       t.paused_reason
 FROM webhooks.event_triggers t
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE e.is_pending AND e.locked IS NULL) AS pending,
@@ -31,6 +32,27 @@ LEFT JOIN LATERAL (
           FROM webhooks.event_log ev
           WHERE ev.trigger_name = t.name) e
 ) s ON true;
+
+-- Dead letters: events that used every attempt (and were not archived),
+-- with what their last attempt got.
+CREATE VIEW webhooks.failed_events AS
+SELECT e.id AS event_id,
+       e.trigger_name,
+       e.created_at,
+       e.tries,
+       l.status AS last_status,
+       coalesce(l.response ->> 'error', 'HTTP ' || l.status) AS last_error,
+       l.created_at AS last_attempt_at,
+       e.payload
+FROM webhooks.event_log e
+LEFT JOIN LATERAL (
+    SELECT il.status, il.response, il.created_at
+    FROM webhooks.event_invocation_logs il
+    WHERE il.event_id = e.id
+    ORDER BY il.created_at DESC
+    LIMIT 1
+) l ON true
+WHERE e.error AND NOT e.archived;
 
 -- Deletes finished events older than the cutoff, with their invocation
 -- logs, in batches of at most 10,000 rows, each under short row locks.

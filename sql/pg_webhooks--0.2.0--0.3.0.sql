@@ -15,6 +15,8 @@ ALTER TABLE webhooks.event_triggers ADD COLUMN owner regrole;
 UPDATE webhooks.event_triggers
 SET owner = (SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_webhooks')::pg_catalog.regrole;
 ALTER TABLE webhooks.event_triggers ALTER COLUMN owner SET NOT NULL;
+ALTER TABLE webhooks.event_triggers ADD COLUMN paused_reason text;
+UPDATE webhooks.event_triggers SET paused_reason = 'paused by pause_event_trigger()' WHERE paused;
 
 ALTER FUNCTION webhooks.create_event_trigger(jsonb) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION webhooks.delete_event_trigger(text) SET search_path = pg_catalog, pg_temp;
@@ -76,7 +78,8 @@ SELECT t.name AS trigger_name,
        s.oldest_pending_age,
        s.last_delivered_at,
        s.last_error_at,
-       t.paused
+       t.paused,
+       t.paused_reason
 FROM webhooks.event_triggers t
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE e.is_pending AND e.locked IS NULL) AS pending,
@@ -113,3 +116,41 @@ STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'generate_signing_secret_wrapper';
 ALTER FUNCTION webhooks.generate_signing_secret() SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION webhooks.generate_signing_secret() FROM PUBLIC;
 COMMENT ON FUNCTION webhooks.generate_signing_secret() IS 'A fresh Standard Webhooks signing secret (whsec_...) for the signing_secret key';
+
+-- Delivery control: dead letters (a view, bulk redelivery, their index) and
+-- the reason a trigger is paused.
+CREATE INDEX event_log_failed ON webhooks.event_log (trigger_name, created_at)
+    WHERE error AND NOT archived;
+
+-- Dead letters: events that used every attempt (and were not archived),
+-- with what their last attempt got.
+CREATE VIEW webhooks.failed_events AS
+SELECT e.id AS event_id,
+       e.trigger_name,
+       e.created_at,
+       e.tries,
+       l.status AS last_status,
+       coalesce(l.response ->> 'error', 'HTTP ' || l.status) AS last_error,
+       l.created_at AS last_attempt_at,
+       e.payload
+FROM webhooks.event_log e
+LEFT JOIN LATERAL (
+    SELECT il.status, il.response, il.created_at
+    FROM webhooks.event_invocation_logs il
+    WHERE il.event_id = e.id
+    ORDER BY il.created_at DESC
+    LIMIT 1
+) l ON true
+WHERE e.error AND NOT e.archived;
+REVOKE ALL ON webhooks.failed_events FROM PUBLIC;
+COMMENT ON VIEW webhooks.failed_events IS 'Dead letters: events that used every attempt, with their last status and error';
+CREATE FUNCTION webhooks."redeliver_events"(
+	"trigger_name" TEXT,
+	"since" timestamp with time zone DEFAULT NULL,
+	"until" timestamp with time zone DEFAULT NULL
+) RETURNS bigint
+LANGUAGE c AS 'MODULE_PATHNAME', 'redeliver_events_wrapper';
+ALTER FUNCTION webhooks.redeliver_events(text, timestamptz, timestamptz) SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION webhooks.redeliver_events(text, timestamptz, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION webhooks.redeliver_events(text, timestamptz, timestamptz) IS 'Queues the errored events of one trigger created in [since, until) again, with tries reset; returns how many';
+COMMENT ON FUNCTION webhooks.worker_status() IS 'The delivery workers, one per database: pid, database, start, last wake-up, in flight, delivered and failed since start';

@@ -17,7 +17,10 @@ CREATE TABLE webhooks.event_triggers (
     paused      boolean NOT NULL DEFAULT false,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
-    owner       regrole NOT NULL
+    owner       regrole NOT NULL,
+    -- Why delivery is paused: pause_event_trigger(), or the worker's reason
+    -- (a 410 Gone answer); NULL while not paused.
+    paused_reason text
 );
 
 -- One row per event. "payload" is the "event" object of the webhook body:
@@ -48,6 +51,11 @@ CREATE TABLE webhooks.event_log (
 -- backlog, and one trigger's backlog never sits in another's way.
 CREATE INDEX event_log_fetch ON webhooks.event_log (trigger_name, next_retry_at, id)
     WHERE NOT delivered AND NOT error AND NOT archived;
+
+-- Dead letters, per trigger, by age: webhooks.failed_events and
+-- redeliver_events(). Events enter it only when they fail for good.
+CREATE INDEX event_log_failed ON webhooks.event_log (trigger_name, created_at)
+    WHERE error AND NOT archived;
 
 -- One row per delivery attempt. request and response are json, as in
 -- Hasura: kept as written, and cheaper to store than jsonb on the worker's

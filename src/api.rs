@@ -55,6 +55,29 @@ fn redeliver_event(event_id: Option<pgrx::Uuid>) {
     redeliver(not_null("event_id", event_id))
 }
 
+/// Requeues the errored events of one trigger created in `[since, until)`
+/// (NULL: unbounded) in one statement, with tries reset; archived events
+/// are never requeued. Returns how many.
+#[pg_extern(schema = "webhooks")]
+#[search_path(pg_catalog, pg_temp)]
+fn redeliver_events(
+    trigger_name: Option<&str>,
+    since: default!(Option<pgrx::datum::TimestampWithTimeZone>, "NULL"),
+    until: default!(Option<pgrx::datum::TimestampWithTimeZone>, "NULL"),
+) -> i64 {
+    let name = not_null("trigger_name", trigger_name);
+    let caller = catalog::current_user();
+    let owner = catalog::extension_owner();
+    let n = catalog::as_owner(owner, || {
+        managed_trigger(name, caller, owner, Lock::None);
+        event_log::requeue_failed(name, since, until)
+    });
+    if n > 0 {
+        crate::wake::note_event_written();
+    }
+    n
+}
+
 /// Enqueues a MANUAL event with `data = {"old": null, "new": payload}`.
 #[pg_extern(schema = "webhooks")]
 #[search_path(pg_catalog, pg_temp)]
@@ -90,7 +113,7 @@ fn set_paused(name: &str, paused: bool) {
     let owner = catalog::extension_owner();
     catalog::as_owner(owner, || {
         managed_trigger(name, caller, owner, Lock::ForUpdate);
-        definitions::set_paused(name, paused);
+        definitions::set_paused(name, paused, paused.then_some("paused by pause_event_trigger()"));
     });
     if !paused {
         crate::wake::note_event_written();
@@ -408,13 +431,13 @@ fn _record_dependencies(name: &str) {
     });
 }
 
-/// Archives the pending events of a trigger whose table trigger was
+/// Archives the undelivered events of a trigger whose table trigger was
 /// dropped; the DDL event trigger calls it (`sql/ddl.sql`).
 #[pg_extern(schema = "webhooks")]
 #[search_path(pg_catalog, pg_temp)]
 fn _archive_pending(name: &str) {
     let owner = catalog::extension_owner();
-    catalog::as_owner(owner, || event_log::archive_pending(name));
+    catalog::as_owner(owner, || event_log::archive_undelivered(name));
 }
 
 fn drop_table_trigger(name: &str, schema: &str, table: &str) {
@@ -439,7 +462,7 @@ pub fn delete(name: &str) {
     catalog::as_owner(owner, || {
         let found = managed_trigger(name, caller, owner, Lock::ForUpdate);
         definitions::delete(name);
-        event_log::archive_pending(name);
+        event_log::archive_undelivered(name);
         drop_table_trigger(name, &found.schema, &found.table);
     });
 }

@@ -34,6 +34,12 @@ pub enum Lock {
 /// database, and works with the previous release's tables until then:
 /// there, every trigger counts as the extension owner's.
 pub fn owner_column_exists() -> bool {
+    has_column(c"owner")
+}
+
+/// Whether `webhooks.event_triggers` has `column` (0.3.0 added `owner` and
+/// `paused_reason`).
+fn has_column(column: &std::ffi::CStr) -> bool {
     // SAFETY: syscache lookups by name; each returns InvalidOid (or
     // InvalidAttrNumber) when the object is missing.
     unsafe {
@@ -42,7 +48,7 @@ pub fn owner_column_exists() -> bool {
             return false;
         }
         let rel = pg_sys::get_relname_relid(c"event_triggers".as_ptr(), nsp);
-        rel != pg_sys::Oid::INVALID && pg_sys::get_attnum(rel, c"owner".as_ptr()) != pg_sys::InvalidAttrNumber as i16
+        rel != pg_sys::Oid::INVALID && pg_sys::get_attnum(rel, column.as_ptr()) != pg_sys::InvalidAttrNumber as i16
     }
 }
 
@@ -164,11 +170,20 @@ pub fn delete(name: &str) {
     spi(Spi::run_with_args("DELETE FROM webhooks.event_triggers WHERE name OPERATOR(pg_catalog.=) $1", &[name.into()]));
 }
 
-pub fn set_paused(name: &str, paused: bool) {
-    spi(Spi::run_with_args(
-        "UPDATE webhooks.event_triggers SET paused = $2 WHERE name OPERATOR(pg_catalog.=) $1",
-        &[name.into(), paused.into()],
-    ));
+/// Pauses or resumes a trigger; `reason` says why it is paused (NULL once
+/// resumed; not kept before 0.3.0's update).
+pub fn set_paused(name: &str, paused: bool, reason: Option<&str>) {
+    if has_column(c"paused_reason") {
+        spi(Spi::run_with_args(
+            "UPDATE webhooks.event_triggers SET paused = $2, paused_reason = $3 WHERE name OPERATOR(pg_catalog.=) $1",
+            &[name.into(), paused.into(), reason.into()],
+        ));
+    } else {
+        spi(Spi::run_with_args(
+            "UPDATE webhooks.event_triggers SET paused = $2 WHERE name OPERATOR(pg_catalog.=) $1",
+            &[name.into(), paused.into()],
+        ));
+    }
 }
 
 /// A trigger that is not paused, as the worker checks it every round: its

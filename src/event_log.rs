@@ -391,13 +391,13 @@ unsafe extern "C-unwind" fn on_subxact_event(
 
 // ---- What the SQL functions do to events ----------------------------------
 
-/// Archives the pending events of a trigger being deleted: never sent.
-pub fn archive_pending(trigger: &str) {
+/// Archives the undelivered events of a trigger being deleted, pending
+/// and errored alike: never sent, and never requeued by a later trigger of
+/// the same name.
+pub fn archive_undelivered(trigger: &str) {
     spi(Spi::run_with_args(
-        concat!(
-            "UPDATE webhooks.event_log e SET archived = true WHERE e.trigger_name OPERATOR(pg_catalog.=) $1 AND ",
-            pending!()
-        ),
+        "UPDATE webhooks.event_log e SET archived = true
+         WHERE e.trigger_name OPERATOR(pg_catalog.=) $1 AND NOT e.delivered AND NOT e.archived",
         &[trigger.into()],
     ));
 }
@@ -430,6 +430,27 @@ pub fn requeue(id: pgrx::Uuid) {
          WHERE id OPERATOR(pg_catalog.=) $1",
         &[id.into()],
     ));
+}
+
+/// Requeues trigger `name`'s errored (not archived) events created in
+/// `[since, until)`, NULL bounds open; returns how many.
+pub fn requeue_failed(
+    name: &str,
+    since: Option<pgrx::datum::TimestampWithTimeZone>,
+    until: Option<pgrx::datum::TimestampWithTimeZone>,
+) -> i64 {
+    spi(Spi::get_one_with_args::<i64>(
+        "WITH requeued AS (
+             UPDATE webhooks.event_log
+             SET tries = 0, error = false, locked = NULL, next_retry_at = pg_catalog.now()
+             WHERE trigger_name OPERATOR(pg_catalog.=) $1 AND error AND NOT archived
+               AND ($2::timestamptz IS NULL OR created_at OPERATOR(pg_catalog.>=) $2)
+               AND ($3::timestamptz IS NULL OR created_at OPERATOR(pg_catalog.<) $3)
+             RETURNING 1)
+         SELECT pg_catalog.count(*) FROM requeued",
+        &[name.into(), since.into(), until.into()],
+    ))
+    .unwrap_or(0)
 }
 
 /// A new event id: time-ordered (v7), so new events append to the primary
@@ -613,7 +634,7 @@ const RECORD: &str = "WITH r AS (
                     pg_catalog.to_timestamp(started), duration_ms
              FROM r)
          UPDATE webhooks.event_log e
-         SET tries = e.tries + 1,
+         SET tries = e.tries + CASE WHEN r.verdict OPERATOR(pg_catalog.=) 'g' THEN 0 ELSE 1 END,
              locked = NULL,
              delivered = (r.verdict = 'd'),
              error = (r.verdict = 'f'),
@@ -622,11 +643,20 @@ const RECORD: &str = "WITH r AS (
                                   ELSE e.next_retry_at END
          FROM r WHERE e.id = r.event_id";
 
-/// Writes the attempts' invocation logs and the events' new state.
+/// Tells listeners of `webhooks_event_failed` (at commit) about each
+/// event that used its last attempt: `{"trigger": ..., "event_id": ...}`.
+const NOTIFY_FAILED: &str = "SELECT pg_catalog.pg_notify('webhooks_event_failed',
+             pg_catalog.json_build_object('trigger', f.trigger_name, 'event_id', f.event_id)::text)
+         FROM unnest($1::text[], $2::uuid[]) AS f(trigger_name, event_id)";
+
+/// Writes the attempts' invocation logs and the events' new state, and
+/// notifies listeners of the events that failed for good.
 pub fn record(results: Vec<Recorded>) {
     if results.is_empty() {
         return;
     }
+    let (failed_triggers, failed_ids): (Vec<String>, Vec<pgrx::Uuid>) =
+        results.iter().filter(|r| r.verdict == Verdict::Failed).map(|r| (r.trigger.clone(), r.event_id)).unzip();
     let mut event_ids = Vec::with_capacity(results.len());
     let mut log_ids = Vec::with_capacity(results.len());
     let mut triggers = Vec::with_capacity(results.len());
@@ -650,6 +680,7 @@ pub fn record(results: Vec<Recorded>) {
             Verdict::Delivered => ("d", 0.0),
             Verdict::Retry(d) => ("r", d.as_secs_f64()),
             Verdict::Failed => ("f", 0.0),
+            Verdict::Gone => ("g", 0.0),
         };
         verdicts.push(code.to_string());
         delays.push(delay);
@@ -690,6 +721,9 @@ pub fn record(results: Vec<Recorded>) {
             )
             .map(|_| ()));
     });
+    if !failed_ids.is_empty() {
+        spi(Spi::run_with_args(NOTIFY_FAILED, &[failed_triggers.into(), failed_ids.into()]));
+    }
 }
 
 /// Releases events whose attempt will not be recorded (the worker is

@@ -597,9 +597,11 @@ impl Worker {
         }
     }
 
-    /// Turns outcomes into verdicts and writes them.
+    /// Turns outcomes into verdicts and writes them; pauses the triggers
+    /// whose webhook answered `410 Gone`.
     fn record(&mut self, outcomes: Vec<Outcome>) {
         let mut rows = Vec::with_capacity(outcomes.len());
+        let mut gone: Vec<(String, String)> = Vec::new();
         for o in outcomes {
             let Some(f) = self.in_flight.remove(&o.tag) else { continue };
             let retry_after = o
@@ -631,6 +633,12 @@ impl Worker {
                         happened
                     );
                 }
+                Verdict::Gone => {
+                    if !gone.iter().any(|(t, _)| *t == f.trigger) {
+                        let reason = format!("the webhook answered 410 Gone on {}", httpdate::fmt_http_date(o.started));
+                        gone.push((f.trigger.clone(), reason));
+                    }
+                }
             }
             rows.push(event_log::Recorded {
                 event_id: f.event_id,
@@ -645,6 +653,12 @@ impl Worker {
             });
         }
         event_log::record(rows);
+        for (trigger, reason) in gone {
+            warning!(
+                "pg_webhooks: event trigger \"{trigger}\" is paused: {reason}; its events stay pending. Resume it with webhooks.resume_event_trigger('{trigger}') once the webhook is back"
+            );
+            definitions::set_paused(&trigger, true, Some(&reason));
+        }
     }
 
     /// On SIGTERM: record what comes back within a short grace period, and

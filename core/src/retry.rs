@@ -21,7 +21,13 @@ pub enum Verdict {
     Retry(Duration),
     /// Failed on the last attempt: the event is marked error.
     Failed,
+    /// `410 Gone`: the webhook says it is gone for good. The trigger is
+    /// paused and the event stays pending, its attempt not spent.
+    Gone,
 }
+
+/// The status that pauses a trigger instead of failing its event.
+pub const GONE: u16 = 410;
 
 /// Success is a 2xx status and nothing else: a 3xx is not followed, so it is
 /// a failure like any 4xx or 5xx, and no response at all is a failure too.
@@ -42,6 +48,9 @@ pub fn classify(
 ) -> Verdict {
     if is_success(status) {
         return Verdict::Delivered;
+    }
+    if status == Some(GONE) {
+        return Verdict::Gone;
     }
     if tries_before.saturating_add(1) > conf.num_retries {
         return Verdict::Failed;
@@ -163,6 +172,16 @@ mod tests {
         assert_eq!(classify(Some(200), None, 2, &CONF), Verdict::Delivered);
         let no_retries = RetryConf { num_retries: 0, ..CONF };
         assert_eq!(classify(Some(503), Some(Duration::from_secs(1)), 0, &no_retries), Verdict::Failed);
+    }
+
+    #[test]
+    fn gone_pauses_on_any_attempt_and_other_statuses_are_retried() {
+        for tries in [0, 1, 2, 5] {
+            assert_eq!(classify(Some(410), None, tries, &CONF), Verdict::Gone);
+        }
+        for s in [301, 400, 401, 403, 404, 409, 422, 429, 500, 502, 503] {
+            assert_eq!(classify(Some(s), None, 0, &CONF), Verdict::Retry(Duration::from_secs(10)), "{s}");
+        }
     }
 
     #[test]

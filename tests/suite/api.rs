@@ -67,7 +67,7 @@ fn create_returns_and_stores_the_normalized_definition() {
         "webhook": HOOK,
         "insert": {"columns": "*", "payload": "*"},
         "headers": [],
-        "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60},
+        "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60, "backoff": "fixed", "max_interval_sec": 3600},
         "enable_manual": true
     });
     assert_eq!(got, want);
@@ -97,7 +97,7 @@ fn every_key_is_accepted_and_kept() {
         "update": {"columns": ["username", "email"], "payload": "*"},
         "delete": {"columns": "*", "payload": ["id"]},
         "headers": [{"name": "X-Plain", "value": "v"}, {"name": "X-Secret", "value_from_env": "PGWH_TEST_SECRET"}],
-        "retry_conf": {"num_retries": 3, "interval_sec": 1, "timeout_sec": 5},
+        "retry_conf": {"num_retries": 3, "interval_sec": 1, "timeout_sec": 5, "backoff": "exponential", "max_interval_sec": 60},
         "replace": false,
         "enable_manual": false,
         "source": "default"
@@ -164,6 +164,11 @@ fn bad_arguments_raise_22023_naming_the_key() {
         (with("retry_conf", json!({"num_retries": -1})), &["\"retry_conf.num_retries\"", ">= 0", "-1"]),
         (with("retry_conf", json!({"interval_sec": -1})), &["\"retry_conf.interval_sec\"", ">= 0"]),
         (with("retry_conf", json!({"timeout_sec": 0})), &["\"retry_conf.timeout_sec\"", ">= 1"]),
+        (
+            with("retry_conf", json!({"backoff": "linear"})),
+            &["\"retry_conf.backoff\"", "expected \"fixed\" or \"exponential\", got string \"linear\""],
+        ),
+        (with("retry_conf", json!({"max_interval_sec": 0})), &["\"retry_conf.max_interval_sec\"", ">= 1"]),
         (with("retry_conf", json!({"num_retries": "3"})), &["\"retry_conf.num_retries\"", "string"]),
         (with("replace", json!("true")), &["\"replace\"", "true or false"]),
         (with("enable_manual", json!(0)), &["\"enable_manual\""]),
@@ -504,7 +509,10 @@ fn import_hasura_metadata_creates_every_trigger_and_reports_the_rest() {
     );
     let def: Value = one(&mut c, "SELECT definition FROM webhooks.event_triggers WHERE name = 'user_created'");
     assert_eq!(def["webhook_from_env"], json!("PGWH_TEST_URL"));
-    assert_eq!(def["retry_conf"], json!({"num_retries": 3, "interval_sec": 15, "timeout_sec": 60}));
+    assert_eq!(
+        def["retry_conf"],
+        json!({"num_retries": 3, "interval_sec": 15, "timeout_sec": 60, "backoff": "fixed", "max_interval_sec": 3600})
+    );
     assert_eq!(def["enable_manual"], json!(false));
     assert_eq!(count_table_triggers(&mut c), 3);
 }

@@ -1,0 +1,216 @@
+//! Delivery control (#14): exponential backoff with jitter, `410 Gone`
+//! pausing the trigger, dead letters (NOTIFY, the `failed_events` view and
+//! bulk redelivery).
+
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use pg_webhooks_tests::{assert_sql_error, eventually, one, with_shared_settings, Receiver};
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::Client;
+use serde_json::{json, Value};
+
+const SETTINGS: &str = "webhooks.poll_interval = '200ms'\n";
+const WAIT: Duration = Duration::from_secs(30);
+
+static EXTENSION: Once = Once::new();
+
+fn connect() -> Client {
+    let mut c = with_shared_settings(SETTINGS, |cl| cl.connect("postgres"));
+    EXTENSION.call_once(|| c.batch_execute("CREATE EXTENSION pg_webhooks").unwrap());
+    c
+}
+
+/// A table `name` and an event trigger `name` on it, for inserts.
+fn watch(c: &mut Client, name: &str, webhook: &str, extra: Value) {
+    c.batch_execute(&format!("CREATE TABLE {name} (id int PRIMARY KEY)")).unwrap();
+    create(c, name, webhook, extra, false);
+}
+
+fn create(c: &mut Client, name: &str, webhook: &str, extra: Value, replace: bool) {
+    let mut args =
+        json!({"name": name, "table": name, "webhook": webhook, "insert": {"columns": "*"}, "replace": replace});
+    for (k, v) in extra.as_object().unwrap() {
+        args[k] = v.clone();
+    }
+    c.execute("SELECT webhooks.create_event_trigger($1)", &[&args]).unwrap();
+}
+
+#[test]
+fn exponential_backoff_doubles_the_wait_with_jitter() {
+    let r = Receiver::start();
+    let mut c = connect();
+    let retry = json!({"num_retries": 3, "interval_sec": 1, "backoff": "exponential", "max_interval_sec": 3});
+    watch(&mut c, "expo", &r.url("/status/503/expo"), json!({"retry_conf": retry}));
+    c.batch_execute("INSERT INTO expo SELECT g FROM generate_series(1, 6) g").unwrap();
+    let got = r.wait_for("/status/503/expo", 6 * 4, WAIT);
+    // Waits before retries 1, 2 and 3: 1 s, 2 s, then 4 s cut to 3 s, each
+    // spread by +/-20%; the worker adds a few milliseconds of its own.
+    let expected = [1.0, 2.0, 3.0];
+    let mut first_waits = Vec::new();
+    for id in 1..=6 {
+        let at: Vec<Instant> =
+            got.iter().filter(|g| g.json()["event"]["data"]["new"]["id"] == id).map(|g| g.at).collect();
+        assert_eq!(at.len(), 4, "event {id}: one attempt and three retries");
+        for (n, pair) in at.windows(2).enumerate() {
+            let wait = pair[1].duration_since(pair[0]).as_secs_f64();
+            let (lo, hi) = (expected[n] * 0.8 - 0.05, expected[n] * 1.2 + 0.4);
+            assert!(wait >= lo && wait <= hi, "event {id}, retry {}: waited {wait:.3} s, not in [{lo}, {hi}]", n + 1);
+        }
+        first_waits.push(at[1].duration_since(at[0]).as_secs_f64());
+    }
+    first_waits.sort_by(f64::total_cmp);
+    assert!(first_waits[5] - first_waits[0] > 0.02, "jitter spreads events that failed together: {first_waits:?}");
+    eventually(WAIT, "the events to fail for good", || {
+        (one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE trigger_name = 'expo' AND error") == 6)
+            .then_some(())
+    });
+}
+
+#[test]
+fn gone_pauses_the_trigger_and_keeps_the_event_pending() {
+    let r = Receiver::start();
+    let mut c = connect();
+    watch(&mut c, "gone", &r.url("/status/410/gone"), json!({"retry_conf": {"num_retries": 0}}));
+    c.batch_execute("INSERT INTO gone VALUES (1), (2)").unwrap();
+    let reason: String = eventually(WAIT, "the trigger to be paused", || {
+        c.query_opt("SELECT paused_reason FROM webhooks.event_stats WHERE trigger_name = 'gone' AND paused", &[])
+            .unwrap()
+            .map(|r| r.get(0))
+    });
+    assert!(reason.starts_with("the webhook answered 410 Gone on "), "{reason}");
+    // The events stay pending, their attempts not spent (num_retries 0
+    // would otherwise have made them errors).
+    eventually(WAIT, "the events to be released", || {
+        let row = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE NOT delivered AND NOT error AND locked IS NULL AND tries = 0), count(*)
+                 FROM webhooks.event_log WHERE trigger_name = 'gone'",
+                &[],
+            )
+            .unwrap();
+        (row.get::<_, i64>(0) == 2 && row.get::<_, i64>(1) == 2).then_some(())
+    });
+    let logged: i64 =
+        one(&mut c, "SELECT count(*) FROM webhooks.event_invocation_logs WHERE trigger_name = 'gone' AND status = 410");
+    assert!(logged >= 1, "the 410 attempt is logged");
+    let sent_while_paused = r.received_on("/status/410/gone").len();
+    c.batch_execute("INSERT INTO gone VALUES (3)").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(r.received_on("/status/410/gone").len(), sent_while_paused, "nothing is sent while paused");
+    let log = with_shared_settings(SETTINGS, |cl| cl.server_log());
+    assert!(log.contains("WARNING:  pg_webhooks: event trigger \"gone\" is paused: the webhook answered 410 Gone"));
+
+    // The webhook moved: point the trigger at it and resume; the backlog flows.
+    create(&mut c, "gone", &r.url("/ok/gone"), json!({}), true);
+    c.batch_execute("SELECT webhooks.resume_event_trigger('gone')").unwrap();
+    r.wait_for("/ok/gone", 3, WAIT);
+    let reason: Option<String> =
+        one(&mut c, "SELECT paused_reason FROM webhooks.event_stats WHERE trigger_name = 'gone'");
+    assert_eq!(reason, None);
+    c.batch_execute("SELECT webhooks.pause_event_trigger('gone')").unwrap();
+    let reason: Option<String> =
+        one(&mut c, "SELECT paused_reason FROM webhooks.event_stats WHERE trigger_name = 'gone'");
+    assert_eq!(reason.as_deref(), Some("paused by pause_event_trigger()"));
+}
+
+#[test]
+fn dead_letters_are_notified_listed_and_redelivered_in_bulk() {
+    let r = Receiver::start();
+    let mut c = connect();
+    let mut listener = connect();
+    listener.batch_execute("LISTEN webhooks_event_failed").unwrap();
+    watch(&mut c, "dead", &r.url("/status/500/dead"), json!({"retry_conf": {"num_retries": 0}}));
+    for id in 1..=3 {
+        // Three transactions, three creation times.
+        c.batch_execute(&format!("INSERT INTO dead VALUES ({id})")).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut notified: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while notified.len() < 3 && Instant::now() < deadline {
+        let mut arrived = listener.notifications();
+        let mut arrived = arrived.timeout_iter(Duration::from_millis(500));
+        while let Some(n) = arrived.next().unwrap() {
+            assert_eq!(n.channel(), "webhooks_event_failed");
+            notified.push(serde_json::from_str(n.payload()).unwrap());
+        }
+    }
+    assert_eq!(notified.len(), 3, "one notification per dead letter: {notified:?}");
+    let ids: Vec<String> = c
+        .query("SELECT id::text FROM webhooks.event_log WHERE trigger_name = 'dead' ORDER BY created_at", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for n in &notified {
+        assert_eq!(n["trigger"], "dead");
+        assert!(ids.contains(&n["event_id"].as_str().unwrap().to_string()), "{n}");
+    }
+
+    let listed = c
+        .query(
+            "SELECT event_id::text, tries, last_status, last_error, last_attempt_at IS NOT NULL, payload->'data'->'new'->>'id'
+             FROM webhooks.failed_events WHERE trigger_name = 'dead' ORDER BY created_at",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    for (row, id) in listed.iter().zip(&ids) {
+        assert_eq!(&row.get::<_, String>(0), id);
+        assert_eq!(row.get::<_, i32>(1), 1);
+        assert_eq!(row.get::<_, Option<i32>>(2), Some(500));
+        assert_eq!(row.get::<_, String>(3), "HTTP 500");
+        assert!(row.get::<_, bool>(4));
+    }
+
+    // Bulk redelivery of the second and third, to the mended webhook.
+    create(&mut c, "dead", &r.url("/ok/dead"), json!({"retry_conf": {"num_retries": 0}}), true);
+    let requeued: i64 = one(
+        &mut c,
+        &format!(
+            "SELECT webhooks.redeliver_events('dead', since => (SELECT created_at FROM webhooks.event_log WHERE id = '{}'))",
+            ids[1]
+        ),
+    );
+    assert_eq!(requeued, 2);
+    let got = r.wait_for("/ok/dead", 2, WAIT);
+    let mut sent: Vec<String> = got.iter().map(|g| g.event_id()).collect();
+    sent.sort();
+    let mut want = vec![ids[1].clone(), ids[2].clone()];
+    want.sort();
+    assert_eq!(sent, want);
+    eventually(WAIT, "the requeued events to be delivered", || {
+        let listed: Vec<String> = c
+            .query("SELECT event_id::text FROM webhooks.failed_events WHERE trigger_name = 'dead'", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        (listed == vec![ids[0].clone()]).then_some(())
+    });
+    // until is exclusive: nothing created before the first event.
+    let none: i64 = one(
+        &mut c,
+        &format!(
+            "SELECT webhooks.redeliver_events('dead', until => (SELECT created_at FROM webhooks.event_log WHERE id = '{}'))",
+            ids[0]
+        ),
+    );
+    assert_eq!(none, 0);
+
+    // Archived events are never requeued: the errored event of a deleted
+    // trigger stays where it is, even under a new trigger of that name.
+    c.batch_execute("SELECT webhooks.delete_event_trigger('dead')").unwrap();
+    create(&mut c, "dead", &r.url("/ok/dead"), json!({}), false);
+    let again: i64 = one(&mut c, "SELECT webhooks.redeliver_events('dead')");
+    assert_eq!(again, 0);
+
+    assert_sql_error(
+        &mut c,
+        "SELECT webhooks.redeliver_events('nope')",
+        "42704",
+        &["event trigger \"nope\" does not exist"],
+    );
+    assert_sql_error(&mut c, "SELECT webhooks.redeliver_events(NULL)", "22004", &["\"trigger_name\" must not be NULL"]);
+}
