@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use webhooks_core::body::WebhookBody;
-use webhooks_core::definition::{Definition, RetryConf};
+use webhooks_core::definition::{Definition, RetryConf, Throttle};
 use webhooks_core::env_policy::EnvPolicy;
 use webhooks_core::http::{set_tls, Attempt, Client, Outcome, SharedTls};
 use webhooks_core::pool::Pool;
@@ -383,8 +383,9 @@ impl Worker {
     /// Whether a claim for `trigger` is worth a round now: more may be due
     /// and its queue is down to half a batch.
     fn wants_more(&self, trigger: &str) -> bool {
-        self.lanes.get(trigger).is_some_and(|l| l.maybe_more)
-            && room(&self.pool, trigger) * 2 >= settings::BATCH_SIZE.get().max(1) as usize
+        self.lanes.get(trigger).is_some_and(|l| {
+            l.maybe_more && room(&self.pool, trigger, &l.def.throttle) * 2 >= queue_target(&l.def.throttle)
+        })
     }
 
     /// One transaction: record outcomes, refresh the lanes, claim what they
@@ -461,17 +462,21 @@ impl Worker {
         }
         for (name, version, stored) in definitions::definitions_of(changed) {
             match Definition::from_stored(&stored.0) {
-                Ok(def) => match self.lanes.get_mut(&name) {
-                    Some(lane) => {
-                        lane.version = version;
-                        lane.def = def;
+                Ok(def) => {
+                    let t = def.throttle;
+                    self.pool.set_limits(&name, t.max_concurrency.map(|n| n as usize), t.per_second);
+                    match self.lanes.get_mut(&name) {
+                        Some(lane) => {
+                            lane.version = version;
+                            lane.def = def;
+                        }
+                        None => {
+                            let lane =
+                                Lane { version, def, env_policy: restricted.clone(), maybe_more: true, cursor: None };
+                            self.lanes.insert(name, lane);
+                        }
                     }
-                    None => {
-                        let lane =
-                            Lane { version, def, env_policy: restricted.clone(), maybe_more: true, cursor: None };
-                        self.lanes.insert(name, lane);
-                    }
-                },
+                }
                 Err(e) => {
                     warning!("pg_webhooks: event trigger \"{name}\" has an invalid stored definition: {}", e.message)
                 }
@@ -503,7 +508,7 @@ impl Worker {
         let mut cursors = Vec::new();
         for (name, lane) in &mut self.lanes {
             lane.cursor = lane.cursor.filter(|(_, since)| since.elapsed() < CURSOR_LIFETIME);
-            let room = room(&self.pool, name);
+            let room = room(&self.pool, name, &lane.def.throttle);
             if lane.maybe_more && room > 0 {
                 names.push(name.clone());
                 limits.push(room as i32);
@@ -694,10 +699,19 @@ impl Worker {
 }
 
 /// How many more events of `trigger` the pool should get: it keeps a batch
-/// queued beyond what is on the wire.
-fn room(pool: &Pool, trigger: &str) -> usize {
-    let target = settings::BATCH_SIZE.get().max(1) as usize + settings::max_concurrent_per_trigger();
-    target.saturating_sub(pool.load(trigger))
+/// queued beyond what may be on the wire (the trigger's
+/// `throttle.max_concurrency`, else `webhooks.max_concurrent_per_trigger`).
+/// A trigger with a rate keeps about a second of its rate queued instead.
+fn room(pool: &Pool, trigger: &str, throttle: &Throttle) -> usize {
+    let on_wire = throttle.max_concurrency.map_or_else(settings::max_concurrent_per_trigger, |n| n as usize);
+    (queue_target(throttle) + on_wire.min(settings::max_concurrent())).saturating_sub(pool.load(trigger))
+}
+
+/// How many claimed events a lane keeps queued beyond those on the wire:
+/// a batch, or about a second's worth for a trigger with a rate.
+fn queue_target(throttle: &Throttle) -> usize {
+    let batch = settings::BATCH_SIZE.get().max(1) as usize;
+    throttle.per_second.map_or(batch, |r| batch.min(r as usize + 1))
 }
 
 /// A non-blocking pipe: HTTP threads write a byte when an outcome is ready,

@@ -143,6 +143,17 @@ pub struct Definition {
     pub enable_manual: bool,
     /// Standard Webhooks signing, when asked for.
     pub signing: Option<Signing>,
+    /// Limits on this trigger's requests, when asked for.
+    pub throttle: Throttle,
+}
+
+/// `"throttle"`: at most `max_concurrency` requests of the trigger in flight
+/// (instead of `webhooks.max_concurrent_per_trigger`) and at most
+/// `per_second` started per second, evenly spaced. `None`: no such limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Throttle {
+    pub max_concurrency: Option<u32>,
+    pub per_second: Option<u32>,
 }
 
 /// Where a definition's signing secrets come from.
@@ -238,6 +249,16 @@ impl Definition {
             }),
         );
         m.insert("enable_manual".into(), json!(self.enable_manual));
+        if self.throttle != Throttle::default() {
+            let mut t = Map::new();
+            if let Some(n) = self.throttle.max_concurrency {
+                t.insert("max_concurrency".into(), json!(n));
+            }
+            if let Some(r) = self.throttle.per_second {
+                t.insert("per_second".into(), json!(r));
+            }
+            m.insert("throttle".into(), Value::Object(t));
+        }
         Value::Object(m)
     }
 
@@ -315,6 +336,7 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
             "source",
             "signing_secret",
             "signing_secret_from_env",
+            "throttle",
         ];
         if !KNOWN.contains(&key.as_str()) {
             return Err(unknown_key("", key, KNOWN));
@@ -363,6 +385,7 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
     let enable_manual = parse_bool("enable_manual", obj.get("enable_manual"), true)?;
     let signing = parse_signing(obj.get("signing_secret"), obj.get("signing_secret_from_env"), ctx, check_env)?;
     parse_source(obj.get("source"))?;
+    let throttle = parse_throttle(obj.get("throttle"))?;
 
     if insert.is_none() && update.is_none() && delete.is_none() && !enable_manual {
         return Err(ApiError::invalid(
@@ -383,9 +406,36 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
             retry_conf,
             enable_manual,
             signing,
+            throttle,
         },
         replace,
     })
+}
+
+fn parse_throttle(v: Option<&Value>) -> ApiResult<Throttle> {
+    let o = match v {
+        None | Some(Value::Null) => return Ok(Throttle::default()),
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "invalid value for key \"throttle\": expected an object like {{\"max_concurrency\": 4, \"per_second\": 50}}, got {}",
+                describe(other)
+            )))
+        }
+    };
+    const KEYS: &[&str] = &["max_concurrency", "per_second"];
+    for k in o.keys() {
+        if !KEYS.contains(&k.as_str()) {
+            return Err(unknown_key("throttle.", k, KEYS));
+        }
+    }
+    let limit = |key: &str| -> ApiResult<Option<u32>> {
+        match o.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            v => parse_int(&format!("throttle.{key}"), v, 1, 1).map(|n| Some(n as u32)),
+        }
+    };
+    Ok(Throttle { max_concurrency: limit("max_concurrency")?, per_second: limit("per_second")? })
 }
 
 /// Validates an event trigger name: `^[A-Za-z][A-Za-z0-9_-]*$`, at most 42
@@ -1102,6 +1152,36 @@ mod tests {
         assert!(e.message.starts_with("invalid value for key \"headers\""), "{}", e.message);
         let e = err(with("headers", json!([{"name": "X-A", "value": 1}])));
         assert!(e.message.contains("expected a string"), "{}", e.message);
+    }
+
+    #[test]
+    fn throttle_rules() {
+        let a = parse(with("throttle", json!({"max_concurrency": 3, "per_second": 50}))).unwrap();
+        assert_eq!(a.definition.throttle, Throttle { max_concurrency: Some(3), per_second: Some(50) });
+        assert_eq!(a.definition.to_json()["throttle"], json!({"max_concurrency": 3, "per_second": 50}));
+        let a = parse(with("throttle", json!({"per_second": 5}))).unwrap();
+        assert_eq!(a.definition.throttle, Throttle { max_concurrency: None, per_second: Some(5) });
+        assert_eq!(a.definition.to_json()["throttle"], json!({"per_second": 5}));
+        let a = parse(base()).unwrap();
+        assert!(a.definition.to_json().get("throttle").is_none(), "no throttle, no key");
+        for (v, want) in [
+            (
+                json!({"per_second": 0}),
+                "invalid value for key \"throttle.per_second\": expected an integer >= 1, got number 0",
+            ),
+            (json!({"max_concurrency": -2}), "\"throttle.max_concurrency\": expected an integer >= 1"),
+            (json!({"per_second": 0.5}), "got number 0.5"),
+            (json!({"rate": 5}), "unknown key \"throttle.rate\""),
+            (json!(10), "invalid value for key \"throttle\": expected an object"),
+        ] {
+            let e = err(with("throttle", v));
+            assert_eq!(e.state, SqlState::InvalidParameterValue);
+            assert!(e.message.contains(want), "{}", e.message);
+        }
+        let round_trip =
+            Definition::from_stored(&parse(with("throttle", json!({"per_second": 7}))).unwrap().definition.to_json())
+                .unwrap();
+        assert_eq!(round_trip.throttle.per_second, Some(7));
     }
 
     #[test]

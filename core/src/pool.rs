@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::http::{Attempt, Client, Outcome};
 
@@ -43,6 +44,49 @@ struct LaneState {
     name: String,
     queued: VecDeque<Attempt>,
     running: usize,
+    /// The lane's own limit on attempts on the wire, instead of `per_lane`.
+    limit: Option<usize>,
+    /// At most one start per this interval (a per-second rate, evenly
+    /// spaced), and when the next start may come.
+    spacing: Option<Duration>,
+    next_start: Option<Instant>,
+}
+
+impl LaneState {
+    fn new(name: &str) -> LaneState {
+        LaneState {
+            name: name.to_string(),
+            queued: VecDeque::new(),
+            running: 0,
+            limit: None,
+            spacing: None,
+            next_start: None,
+        }
+    }
+
+    /// Whether the lane's concurrency allows another attempt on the wire.
+    fn has_room(&self, per_lane: usize) -> bool {
+        self.running < self.limit.unwrap_or(per_lane) && !self.queued.is_empty()
+    }
+
+    /// When the lane's rate lets the next attempt start (None: now).
+    fn paced_until(&self, now: Instant) -> Option<Instant> {
+        self.next_start.filter(|t| *t > now)
+    }
+
+    /// Books a start now: the next may come one spacing after the one
+    /// this start was due at, so that a thread's small lateness does not
+    /// lower the rate; a lane that was idle longer than a spacing starts
+    /// from now, banking no burst.
+    fn started(&mut self, now: Instant) {
+        if let Some(spacing) = self.spacing {
+            let base = match self.next_start {
+                Some(due) if now.saturating_duration_since(due) < spacing => due,
+                _ => now,
+            };
+            self.next_start = Some(base + spacing);
+        }
+    }
 }
 
 impl PoolState {
@@ -50,32 +94,40 @@ impl PoolState {
         match self.lanes.iter().position(|l| l.name == name) {
             Some(i) => &mut self.lanes[i],
             None => {
-                self.lanes.push(LaneState { name: name.to_string(), queued: VecDeque::new(), running: 0 });
+                self.lanes.push(LaneState::new(name));
                 self.lanes.last_mut().expect("just pushed")
             }
         }
     }
 
     /// Whether some lane has an attempt a thread may send now.
-    fn has_work(&self) -> bool {
-        self.lanes.iter().any(|l| l.running < self.per_lane && !l.queued.is_empty())
+    fn has_work(&self, now: Instant) -> bool {
+        self.lanes.iter().any(|l| l.has_room(self.per_lane) && l.paced_until(now).is_none())
     }
 
-    /// The next attempt a thread may send, with its lane's index.
-    fn take(&mut self) -> Option<(usize, Attempt)> {
+    /// The next attempt a thread may send, with its lane's index; else the
+    /// earliest time a lane's rate lets one start, if a lane waits for it.
+    fn take(&mut self, now: Instant) -> Result<(usize, Attempt), Option<Instant>> {
         let n = self.lanes.len();
+        let mut earliest: Option<Instant> = None;
         for k in 0..n {
             let i = (self.next_lane + k) % n;
             let lane = &mut self.lanes[i];
-            if lane.running < self.per_lane {
-                if let Some(a) = lane.queued.pop_front() {
-                    lane.running += 1;
-                    self.next_lane = (i + 1) % n;
-                    return Some((i, a));
-                }
+            if !lane.has_room(self.per_lane) {
+                continue;
+            }
+            if let Some(t) = lane.paced_until(now) {
+                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                continue;
+            }
+            if let Some(a) = lane.queued.pop_front() {
+                lane.running += 1;
+                lane.started(now);
+                self.next_lane = (i + 1) % n;
+                return Ok((i, a));
             }
         }
-        None
+        Err(earliest)
     }
 }
 
@@ -130,22 +182,34 @@ impl Pool {
                                 if st.closed {
                                     break None;
                                 }
-                                if let Some(work) = st.take() {
-                                    // The slot this thread freed may let an
-                                    // idle one run work of that lane.
-                                    if freed && st.idle > 0 && st.has_work() {
-                                        cv.notify_one();
+                                let now = Instant::now();
+                                let paced = match st.take(now) {
+                                    Ok(work) => {
+                                        // The slot this thread freed may let
+                                        // an idle one run work of that lane.
+                                        if freed && st.idle > 0 && st.has_work(now) {
+                                            cv.notify_one();
+                                        }
+                                        break Some(work);
                                     }
-                                    break Some(work);
-                                }
+                                    Err(paced) => paced,
+                                };
                                 if wake {
                                     // Say so before sleeping, not after.
                                     break None;
                                 }
                                 st.idle += 1;
-                                st = match cv.wait(st) {
-                                    Ok(g) => g,
-                                    Err(_) => return,
+                                // A lane held back by its rate is due again
+                                // at `paced`: sleep no longer than that.
+                                st = match paced {
+                                    Some(t) => match cv.wait_timeout(st, t.saturating_duration_since(now)) {
+                                        Ok((g, _)) => g,
+                                        Err(_) => return,
+                                    },
+                                    None => match cv.wait(st) {
+                                        Ok(g) => g,
+                                        Err(_) => return,
+                                    },
                                 };
                                 st.idle -= 1;
                             };
@@ -174,6 +238,22 @@ impl Pool {
         if let Ok(mut st) = lock.lock() {
             st.per_lane = per_lane.max(1);
             st.notify_every = notify_every.max(1);
+        }
+        cv.notify_all();
+    }
+
+    /// Sets one lane's limits: at most `max_concurrency` attempts on the
+    /// wire (None: the pool's `per_lane`), at most `per_second` started per
+    /// second, evenly spaced (None: no rate).
+    pub fn set_limits(&self, lane: &str, max_concurrency: Option<usize>, per_second: Option<u32>) {
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut st) = lock.lock() {
+            let l = st.lane(lane);
+            l.limit = max_concurrency.map(|n| n.max(1));
+            l.spacing = per_second.map(|r| Duration::from_secs_f64(1.0 / f64::from(r.max(1))));
+            if l.spacing.is_none() {
+                l.next_start = None;
+            }
         }
         cv.notify_all();
     }
@@ -315,7 +395,6 @@ mod tests {
     use crate::http::test_server::{attempt, serve_once};
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use std::time::{Duration, Instant};
 
     #[test]
     fn pool_delivers_concurrently_and_notifies() {
@@ -378,6 +457,82 @@ mod tests {
         }
         got.sort();
         got
+    }
+
+    /// A server that answers 200 to every request on kept-alive
+    /// connections, recording when each arrived.
+    fn recording_server() -> (String, Arc<Mutex<Vec<Instant>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let s = s.unwrap();
+                let seen = s2.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            let mut body = [0u8; 7];
+                            r.read_exact(&mut body).unwrap();
+                            seen.lock().unwrap().push(Instant::now());
+                            let mut w: &TcpStream = &s;
+                            w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    #[test]
+    fn a_lane_rate_spaces_its_starts_evenly() {
+        let (url, seen) = recording_server();
+        let pool = Pool::new(8, 8, Client::new(100), Arc::new(|| {}));
+        pool.set_limits("paced", None, Some(40));
+        let started = Instant::now();
+        for tag in 0..41 {
+            pool.submit("paced", Attempt { tag, ..attempt(&url, 3000) });
+        }
+        assert_eq!(wait_outcomes(&pool, 41).len(), 41);
+        let took = started.elapsed().as_secs_f64();
+        // 41 starts at 40 per second: the first at once, the last a second
+        // later, never several at a second's start.
+        assert!((0.95..1.3).contains(&took), "41 attempts at 40/s took {took:.3} s");
+        let mut at = seen.lock().unwrap().clone();
+        at.sort();
+        let gaps: Vec<f64> = at.windows(2).map(|w| w[1].duration_since(w[0]).as_secs_f64()).collect();
+        let bunched = gaps.iter().filter(|g| **g < 0.010).count();
+        assert!(bunched <= 2, "starts are spaced about 25 ms apart: {gaps:?}");
+    }
+
+    #[test]
+    fn a_lane_limit_overrides_per_lane_and_other_lanes_are_unpaced() {
+        let hang = TcpListener::bind("127.0.0.1:0").unwrap();
+        let hang_url = format!("http://{}/", hang.local_addr().unwrap());
+        let pool = Pool::new(8, 2, Client::new(100), Arc::new(|| {}));
+        pool.set_limits("wide", Some(5), None);
+        pool.set_limits("paced", None, Some(1));
+        for tag in 0..8 {
+            pool.submit("wide", Attempt { tag, ..attempt(&hang_url, 5000) });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(pool.running(), 5, "5 of the wide lane on the wire, not per_lane's 2");
+        let (url, _) = recording_server();
+        for tag in 100..103 {
+            pool.submit("free", Attempt { tag, ..attempt(&url, 3000) });
+        }
+        let started = Instant::now();
+        assert_eq!(wait_outcomes(&pool, 3).len(), 3);
+        assert!(started.elapsed() < Duration::from_millis(500), "a lane without a rate is not held back");
+        drop(hang);
     }
 
     #[test]

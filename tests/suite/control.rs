@@ -214,3 +214,40 @@ fn dead_letters_are_notified_listed_and_redelivered_in_bulk() {
     );
     assert_sql_error(&mut c, "SELECT webhooks.redeliver_events(NULL)", "22004", &["\"trigger_name\" must not be NULL"]);
 }
+
+#[test]
+fn a_per_second_throttle_holds_over_ten_seconds() {
+    let r = Receiver::start();
+    let mut c = connect();
+    watch(&mut c, "paced", &r.url("/ok/paced"), json!({"throttle": {"per_second": 20}}));
+    c.batch_execute("INSERT INTO paced SELECT g FROM generate_series(1, 300) g").unwrap();
+    let first = r.wait_for("/ok/paced", 1, WAIT)[0].at;
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(first.elapsed()));
+    let window = first + Duration::from_secs(10);
+    let in_window = r.received_on("/ok/paced").iter().filter(|g| g.at < window).count();
+    // 20 per second for 10 seconds: 200, within 10%.
+    assert!((180..=220).contains(&in_window), "{in_window} requests in the first 10 s at 20/s");
+    // Evenly spaced, not 20 at each second's start.
+    let mut at: Vec<Instant> = r.received_on("/ok/paced").iter().map(|g| g.at).filter(|t| *t < window).collect();
+    at.sort();
+    let bunched = at.windows(2).filter(|w| w[1].duration_since(w[0]) < Duration::from_millis(10)).count();
+    assert!(bunched < in_window / 10, "{bunched} of {in_window} requests came within 10 ms of the previous one");
+}
+
+#[test]
+fn a_max_concurrency_throttle_caps_requests_in_flight() {
+    let r = Receiver::start();
+    let mut c = connect();
+    watch(&mut c, "narrow", &r.url("/slow/300/narrow"), json!({"throttle": {"max_concurrency": 2}}));
+    c.batch_execute("INSERT INTO narrow SELECT g FROM generate_series(1, 10) g").unwrap();
+    let got = r.wait_for("/slow/300/narrow", 10, WAIT);
+    let mut at: Vec<Instant> = got.iter().map(|g| g.at).collect();
+    at.sort();
+    // Two at a time, each 300 ms: the tenth arrives at least 4 x 300 ms
+    // after the first.
+    let spread = at[9].duration_since(at[0]);
+    assert!(spread >= Duration::from_millis(1150), "10 requests two at a time spread over {spread:?}");
+    for w in at.windows(3) {
+        assert!(w[2].duration_since(w[0]) >= Duration::from_millis(250), "never three within one answer's time");
+    }
+}
