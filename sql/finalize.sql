@@ -11,6 +11,7 @@ COMMENT ON SCHEMA webhooks IS 'pg_webhooks: Hasura-style event triggers; row cha
 COMMENT ON TABLE webhooks.event_triggers IS 'One row per event trigger: its normalized definition; change it through webhooks.create_event_trigger';
 COMMENT ON TABLE webhooks.event_log IS 'One row per captured event; pending until delivered, error or archived';
 COMMENT ON TABLE webhooks.event_invocation_logs IS 'One row per delivery attempt: request, response and status';
+COMMENT ON TABLE webhooks.endpoint_state IS 'The delivery worker''s record of endpoints it treats as down (no row: up)';
 COMMENT ON VIEW webhooks.event_stats IS 'Per event trigger: pending, in flight, delivered, errors, retries, oldest pending age, paused';
 COMMENT ON FUNCTION webhooks.create_event_trigger(jsonb) IS 'Creates an event trigger (or replaces it with "replace": true); returns the stored definition';
 COMMENT ON FUNCTION webhooks.delete_event_trigger(text) IS 'Deletes an event trigger; its undelivered events are archived, never sent';

@@ -14,8 +14,12 @@ SELECT t.name AS trigger_name,
        s.last_delivered_at,
        s.last_error_at,
        t.paused,
-       t.paused_reason
+       t.paused_reason,
+       CASE WHEN h.trigger_name IS NULL THEN 'up' ELSE 'down' END AS endpoint_state,
+       h.down_since AS endpoint_down_since,
+       h.last_error AS endpoint_last_error
 FROM webhooks.event_triggers t
+LEFT JOIN webhooks.endpoint_state h ON h.trigger_name = t.name
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE e.is_pending AND e.locked IS NULL) AS pending,
            count(*) FILTER (WHERE e.is_pending AND e.locked IS NOT NULL) AS in_flight,

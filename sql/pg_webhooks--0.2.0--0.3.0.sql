@@ -16,6 +16,14 @@ UPDATE webhooks.event_triggers
 SET owner = (SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_webhooks')::pg_catalog.regrole;
 ALTER TABLE webhooks.event_triggers ALTER COLUMN owner SET NOT NULL;
 ALTER TABLE webhooks.event_triggers ADD COLUMN paused_reason text;
+CREATE TABLE webhooks.endpoint_state (
+    trigger_name text PRIMARY KEY,
+    down_since   timestamptz NOT NULL,
+    failures     integer NOT NULL,
+    last_error   text
+);
+REVOKE ALL ON webhooks.endpoint_state FROM PUBLIC;
+COMMENT ON TABLE webhooks.endpoint_state IS 'The delivery worker''s record of endpoints it treats as down (no row: up)';
 UPDATE webhooks.event_triggers SET paused_reason = 'paused by pause_event_trigger()' WHERE paused;
 
 ALTER FUNCTION webhooks.create_event_trigger(jsonb) SET search_path = pg_catalog, pg_temp;
@@ -79,8 +87,12 @@ SELECT t.name AS trigger_name,
        s.last_delivered_at,
        s.last_error_at,
        t.paused,
-       t.paused_reason
+       t.paused_reason,
+       CASE WHEN h.trigger_name IS NULL THEN 'up' ELSE 'down' END AS endpoint_state,
+       h.down_since AS endpoint_down_since,
+       h.last_error AS endpoint_last_error
 FROM webhooks.event_triggers t
+LEFT JOIN webhooks.endpoint_state h ON h.trigger_name = t.name
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE e.is_pending AND e.locked IS NULL) AS pending,
            count(*) FILTER (WHERE e.is_pending AND e.locked IS NOT NULL) AS in_flight,

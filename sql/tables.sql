@@ -75,3 +75,14 @@ CREATE INDEX event_invocation_logs_event_id ON webhooks.event_invocation_logs (e
 -- Definitions and undelivered events survive pg_dump / pg_restore.
 SELECT pg_catalog.pg_extension_config_dump('webhooks.event_triggers', '');
 SELECT pg_catalog.pg_extension_config_dump('webhooks.event_log', 'WHERE NOT delivered AND NOT archived');
+
+-- The delivery worker's view of each trigger's endpoint while it is down
+-- (no row: up): since when, after how many failed attempts in a row, and
+-- the last error. Runtime state, rewritten by the worker (and emptied when
+-- it starts); shown by webhooks.event_stats.
+CREATE TABLE webhooks.endpoint_state (
+    trigger_name text PRIMARY KEY,
+    down_since   timestamptz NOT NULL,
+    failures     integer NOT NULL,
+    last_error   text
+);

@@ -634,7 +634,7 @@ const RECORD: &str = "WITH r AS (
                     pg_catalog.to_timestamp(started), duration_ms
              FROM r)
          UPDATE webhooks.event_log e
-         SET tries = e.tries + CASE WHEN r.verdict OPERATOR(pg_catalog.=) 'g' THEN 0 ELSE 1 END,
+         SET tries = e.tries + CASE WHEN r.verdict OPERATOR(pg_catalog.=) ANY ('{g,h}'::text[]) THEN 0 ELSE 1 END,
              locked = NULL,
              delivered = (r.verdict = 'd'),
              error = (r.verdict = 'f'),
@@ -681,6 +681,7 @@ pub fn record(results: Vec<Recorded>) {
             Verdict::Retry(d) => ("r", d.as_secs_f64()),
             Verdict::Failed => ("f", 0.0),
             Verdict::Gone => ("g", 0.0),
+            Verdict::Held => ("h", 0.0),
         };
         verdicts.push(code.to_string());
         delays.push(delay);

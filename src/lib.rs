@@ -19,6 +19,8 @@
 //!   requests, the definitions generation.
 //! - [`wake`]: what a commit tells other processes (once per transaction),
 //!   and what DROP DATABASE tells a worker.
+//! - [`health`]: the one owner of `webhooks.endpoint_state`, the worker's
+//!   record of endpoints it treats as down.
 //! - [`launcher`]: starts a delivery worker per database with the extension.
 //! - [`worker`]: the background worker that delivers one database's events.
 //! - [`status`] serves `webhooks.worker_status()`.
@@ -39,6 +41,7 @@ mod compat;
 mod definitions;
 mod errors;
 mod event_log;
+mod health;
 mod json_arg;
 mod launcher;
 mod payload;

@@ -28,7 +28,7 @@ use webhooks_core::retry::{self, Verdict};
 use webhooks_core::tls;
 
 use crate::shmem::{self, WorkerSlot};
-use crate::{catalog, definitions, event_log, settings};
+use crate::{catalog, definitions, event_log, health, settings};
 
 /// A delivery worker, started by the launcher for the database of shared
 /// memory slot `arg`. It first checks that the extension is installed
@@ -115,6 +115,48 @@ struct Lane {
     /// so it is dropped when a claim comes back short and after
     /// CURSOR_LIFETIME.
     cursor: Option<(event_log::Cursor, Instant)>,
+    /// Whether its endpoint answers.
+    health: Health,
+}
+
+/// Endpoint failures ([`retry::is_endpoint_failure`]) in a row after which
+/// a trigger's endpoint is treated as down.
+const DOWN_AFTER: u32 = 5;
+/// The shortest wait between two probes of a down endpoint.
+const MIN_PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// A lane's endpoint: up, counting failures in a row, or down. While it is
+/// down the lane claims nothing but one probe at a time, at the pace of the
+/// trigger's backoff; failures there do not spend the events' attempts.
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    down: Option<Down>,
+}
+
+struct Down {
+    /// Probes that failed since the endpoint went down.
+    probes_failed: i32,
+    next_probe: Instant,
+    /// A probe is claimed or on the wire.
+    probing: bool,
+}
+
+impl Lane {
+    fn new(version: String, def: Definition, env_policy: EnvPolicy) -> Lane {
+        Lane { version, def, env_policy, maybe_more: true, cursor: None, health: Health::default() }
+    }
+
+    /// The endpoint is down and the next probe is due.
+    fn probe_due(&self, now: Instant) -> bool {
+        self.health.down.as_ref().is_some_and(|d| !d.probing && now >= d.next_probe)
+    }
+}
+
+/// How long to wait before probe `n` (1-based) of a down endpoint: the
+/// trigger's backoff, at least MIN_PROBE_WAIT.
+fn probe_wait(conf: &RetryConf, n: i32) -> Duration {
+    retry::delay(conf, n, retry::random_unit()).max(MIN_PROBE_WAIT)
 }
 
 /// A claimed event, keyed by its tag, from its claim until its result is
@@ -129,6 +171,8 @@ struct InFlight {
     /// Values taken from the environment for this request (URL parts,
     /// header values): never logged, scrubbed from what the webhook answers.
     secrets: Vec<String>,
+    /// Sent to probe a down endpoint.
+    probe: bool,
 }
 
 /// Outcomes are recorded when this many have piled up ...
@@ -201,6 +245,7 @@ impl Worker {
             last_cleanup: None,
             to_send: Vec::new(),
         };
+        worker.pool.halt_after(DOWN_AFTER as usize);
         worker.apply_destinations();
         worker.apply_tls();
         worker
@@ -304,7 +349,9 @@ impl Worker {
     /// Whether a round is worth it without a wake-up: a lane runs low,
     /// enough outcomes wait, or a retry fell due.
     fn round_is_due(&self) -> bool {
+        let now = Instant::now();
         self.lanes.keys().any(|t| self.wants_more(t))
+            || self.lanes.values().any(|l| l.probe_due(now))
             || self.outcomes.len() >= flush_at()
             || self.oldest_outcome.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
             || self.next_due.is_some_and(|t| Instant::now() >= t)
@@ -319,6 +366,9 @@ impl Worker {
         }
         if let Some(t) = self.next_due {
             timeout = timeout.min(t.saturating_duration_since(Instant::now()));
+        }
+        for d in self.lanes.values().filter_map(|l| l.health.down.as_ref()).filter(|d| !d.probing) {
+            timeout = timeout.min(d.next_probe.saturating_duration_since(Instant::now()));
         }
         if let (Some(_), Some(t)) = (settings::retention(), self.last_cleanup) {
             timeout = timeout.min(RETENTION_EVERY.saturating_sub(t.elapsed()));
@@ -384,7 +434,9 @@ impl Worker {
     /// and its queue is down to half a batch.
     fn wants_more(&self, trigger: &str) -> bool {
         self.lanes.get(trigger).is_some_and(|l| {
-            l.maybe_more && room(&self.pool, trigger, &l.def.throttle) * 2 >= queue_target(&l.def.throttle)
+            l.health.down.is_none()
+                && l.maybe_more
+                && room(&self.pool, trigger, &l.def.throttle) * 2 >= queue_target(&l.def.throttle)
         })
     }
 
@@ -435,6 +487,7 @@ impl Worker {
         ] {
             Spi::run(setting).expect("planner setting");
         }
+        health::reset();
         let released = event_log::release_stale_locks();
         if released > 0 {
             log!(
@@ -471,8 +524,7 @@ impl Worker {
                             lane.def = def;
                         }
                         None => {
-                            let lane =
-                                Lane { version, def, env_policy: restricted.clone(), maybe_more: true, cursor: None };
+                            let lane = Lane::new(version, def, restricted.clone());
                             self.lanes.insert(name, lane);
                         }
                     }
@@ -490,7 +542,11 @@ impl Worker {
         let gone: Vec<String> = self.lanes.keys().filter(|n| !states.iter().any(|t| t.name == **n)).cloned().collect();
         let mut released = Vec::new();
         for name in gone {
-            self.lanes.remove(&name);
+            if self.lanes.remove(&name).is_some_and(|l| l.health.down.is_some()) {
+                health::mark_up(&name);
+            }
+            // A lane that comes back (resumed) starts with its endpoint up.
+            self.pool.clear_failures(&name);
             for a in self.pool.withdraw(&name) {
                 if let Some(f) = self.in_flight.remove(&a.tag) {
                     released.push(f.event_id);
@@ -506,8 +562,18 @@ impl Worker {
         let mut names = Vec::new();
         let mut limits = Vec::new();
         let mut cursors = Vec::new();
+        let now = Instant::now();
         for (name, lane) in &mut self.lanes {
             lane.cursor = lane.cursor.filter(|(_, since)| since.elapsed() < CURSOR_LIFETIME);
+            if lane.health.down.is_some() {
+                // One probe, when it is due; nothing else.
+                if lane.probe_due(now) {
+                    names.push(name.clone());
+                    limits.push(1);
+                    cursors.push(None);
+                }
+                continue;
+            }
             let room = room(&self.pool, name, &lane.def.throttle);
             if lane.maybe_more && room > 0 {
                 names.push(name.clone());
@@ -525,6 +591,14 @@ impl Worker {
         }
         for (name, limit) in names.iter().zip(&limits) {
             let Some(lane) = self.lanes.get_mut(name) else { continue };
+            if let Some(down) = &mut lane.health.down {
+                // The probe is on its way, or nothing was due to probe with.
+                down.probing = got.contains_key(name);
+                if !down.probing {
+                    down.next_probe = now + MIN_PROBE_WAIT;
+                }
+                continue;
+            }
             let full = got.get(name).copied().unwrap_or(0) >= *limit as usize;
             lane.maybe_more = full;
             lane.cursor = match (full, last.remove(name)) {
@@ -532,10 +606,13 @@ impl Worker {
                 _ => None,
             };
         }
-        // Nothing more to claim now: sleep until the next retry falls due.
-        self.next_due = if self.lanes.values().all(|l| !l.maybe_more) {
-            event_log::seconds_until_next_due(self.lanes.keys().cloned().collect())
-                .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)))
+        // Nothing more to claim now: sleep until the next retry falls due
+        // (lanes whose endpoint is down wait for their probe instead).
+        self.next_due = if self.lanes.values().all(|l| !l.maybe_more || l.health.down.is_some()) {
+            event_log::seconds_until_next_due(
+                self.lanes.iter().filter(|(_, l)| l.health.down.is_none()).map(|(n, _)| n.clone()).collect(),
+            )
+            .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)))
         } else {
             None
         };
@@ -574,6 +651,7 @@ impl Worker {
                 retry: lane.def.retry_conf,
                 request_log: request.logged,
                 secrets: request.secrets,
+                probe: lane.health.down.is_some(),
             },
         );
         if let Some(error) = request.unsendable {
@@ -598,6 +676,10 @@ impl Worker {
     /// Hands the attempts of the committed round to the pool.
     fn send(&mut self) {
         for (trigger, attempts) in std::mem::take(&mut self.to_send) {
+            if self.lanes.get(&trigger).is_some_and(|l| l.health.down.is_some()) {
+                // A probe: the pool halted the lane after its failures.
+                self.pool.clear_failures(&trigger);
+            }
             self.pool.submit_all(&trigger, attempts);
         }
     }
@@ -614,9 +696,22 @@ impl Worker {
                 .as_ref()
                 .and_then(|r| r.header("retry-after"))
                 .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-            let verdict =
+            let mut verdict =
                 retry::classify(o.completed_status(), retry_after, f.tries_before, &f.retry, retry::random_unit());
             let happened = request::scrub_text(o.summary(), &f.secrets);
+            if retry::is_endpoint_failure(o.completed_status()) && verdict != Verdict::Gone {
+                if self.endpoint_failed(&f, &happened) {
+                    verdict = Verdict::Held;
+                }
+            } else if let Some(lane) = self.lanes.get_mut(&f.trigger) {
+                // It answered: whatever it said, the endpoint is up.
+                lane.health.failures = 0;
+                if lane.health.down.take().is_some() {
+                    log!("pg_webhooks: the webhook of event trigger \"{}\" answers again; its events flow", f.trigger);
+                    lane.maybe_more = true;
+                    health::mark_up(&f.trigger);
+                }
+            }
             match verdict {
                 Verdict::Delivered => {
                     self.shared.delivered.fetch_add(1, Ordering::Relaxed);
@@ -638,6 +733,12 @@ impl Worker {
                         happened
                     );
                 }
+                Verdict::Held => debug1!(
+                    "pg_webhooks: event {} of trigger \"{}\" failed while its endpoint is down ({}); it waits",
+                    f.event_id,
+                    f.trigger,
+                    happened
+                ),
                 Verdict::Gone => {
                     if !gone.iter().any(|(t, _)| *t == f.trigger) {
                         let reason = format!("the webhook answered 410 Gone on {}", httpdate::fmt_http_date(o.started));
@@ -664,6 +765,45 @@ impl Worker {
             );
             definitions::set_paused(&trigger, true, Some(&reason));
         }
+    }
+
+    /// Counts an endpoint failure of `f`'s lane. True when the endpoint is
+    /// down: the event waits without spending its attempt. The failure that
+    /// takes the count to DOWN_AFTER spends its attempt and puts the
+    /// endpoint down: the lane's queued attempts are released unspent, and
+    /// from then on it sends one probe at a time.
+    fn endpoint_failed(&mut self, f: &InFlight, happened: &str) -> bool {
+        let Some(lane) = self.lanes.get_mut(&f.trigger) else { return false };
+        let now = Instant::now();
+        if let Some(d) = &mut lane.health.down {
+            if f.probe {
+                d.probes_failed += 1;
+                d.probing = false;
+                d.next_probe = now + probe_wait(&lane.def.retry_conf, d.probes_failed + 1);
+            }
+            return true;
+        }
+        lane.health.failures += 1;
+        if lane.health.failures < DOWN_AFTER {
+            return false;
+        }
+        let wait = probe_wait(&lane.def.retry_conf, 1);
+        lane.health.down = Some(Down { probes_failed: 0, next_probe: now + wait, probing: false });
+        warning!(
+            "pg_webhooks: the webhook of event trigger \"{}\" failed {} attempts in a row (last: {happened}); it is treated as down: its events wait, keeping their attempts, and one probe is sent every {:.0} s or more until it answers",
+            f.trigger,
+            lane.health.failures,
+            wait.as_secs_f64()
+        );
+        health::mark_down(&f.trigger, lane.health.failures as i32, happened);
+        let mut released = Vec::new();
+        for a in self.pool.withdraw(&f.trigger) {
+            if let Some(q) = self.in_flight.remove(&a.tag) {
+                released.push(q.event_id);
+            }
+        }
+        event_log::unlock(released);
+        false
     }
 
     /// On SIGTERM: record what comes back within a short grace period, and

@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::http::{Attempt, Client, Outcome};
+use crate::retry::is_endpoint_failure;
 
 /// Threads that make attempts concurrently. Attempts are submitted to a
 /// lane (one per event trigger); at most `per_lane` attempts of one lane are
@@ -33,6 +34,10 @@ struct PoolState {
     next_lane: usize,
     per_lane: usize,
     notify_every: usize,
+    /// A lane whose endpoint failed this many attempts in a row stops
+    /// sending its queue until [`Pool::clear_failures`]: the worker, which
+    /// sees the same outcomes, decides what comes next.
+    halt_after: usize,
     outcomes: Vec<Outcome>,
     closed: bool,
     /// Threads waiting for work: notifying costs a system call, so it is
@@ -50,6 +55,8 @@ struct LaneState {
     /// spaced), and when the next start may come.
     spacing: Option<Duration>,
     next_start: Option<Instant>,
+    /// Endpoint failures in a row ([`is_endpoint_failure`]).
+    failures: usize,
 }
 
 impl LaneState {
@@ -61,6 +68,7 @@ impl LaneState {
             limit: None,
             spacing: None,
             next_start: None,
+            failures: 0,
         }
     }
 
@@ -102,7 +110,9 @@ impl PoolState {
 
     /// Whether some lane has an attempt a thread may send now.
     fn has_work(&self, now: Instant) -> bool {
-        self.lanes.iter().any(|l| l.has_room(self.per_lane) && l.paced_until(now).is_none())
+        self.lanes
+            .iter()
+            .any(|l| l.has_room(self.per_lane) && l.failures < self.halt_after && l.paced_until(now).is_none())
     }
 
     /// The next attempt a thread may send, with its lane's index; else the
@@ -113,7 +123,7 @@ impl PoolState {
         for k in 0..n {
             let i = (self.next_lane + k) % n;
             let lane = &mut self.lanes[i];
-            if !lane.has_room(self.per_lane) {
+            if !lane.has_room(self.per_lane) || lane.failures >= self.halt_after {
                 continue;
             }
             if let Some(t) = lane.paced_until(now) {
@@ -138,6 +148,7 @@ impl Pool {
             next_lane: 0,
             per_lane: per_lane.max(1),
             notify_every: 64,
+            halt_after: usize::MAX,
             outcomes: Vec::new(),
             closed: false,
             idle: 0,
@@ -173,7 +184,10 @@ impl Pool {
                             let mut wake = false;
                             let freed = done.is_some();
                             if let Some((lane, outcome)) = done.take() {
-                                st.lanes[lane].running -= 1;
+                                let l = &mut st.lanes[lane];
+                                l.running -= 1;
+                                l.failures =
+                                    if is_endpoint_failure(outcome.completed_status()) { l.failures + 1 } else { 0 };
                                 st.outcomes.push(outcome);
                                 let n = st.outcomes.len();
                                 wake = n == 1 || n % st.notify_every == 0;
@@ -238,6 +252,25 @@ impl Pool {
         if let Ok(mut st) = lock.lock() {
             st.per_lane = per_lane.max(1);
             st.notify_every = notify_every.max(1);
+        }
+        cv.notify_all();
+    }
+
+    /// Stops sending a lane's queue after `n` endpoint failures in a row.
+    pub fn halt_after(&self, n: usize) {
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut st) = lock.lock() {
+            st.halt_after = n.max(1);
+        }
+        cv.notify_all();
+    }
+
+    /// Lets a halted lane send again (its next attempt is a probe, or its
+    /// endpoint is back).
+    pub fn clear_failures(&self, lane: &str) {
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut st) = lock.lock() {
+            st.lane(lane).failures = 0;
         }
         cv.notify_all();
     }
@@ -533,6 +566,25 @@ mod tests {
         assert_eq!(wait_outcomes(&pool, 3).len(), 3);
         assert!(started.elapsed() < Duration::from_millis(500), "a lane without a rate is not held back");
         drop(hang);
+    }
+
+    #[test]
+    fn a_lane_halts_after_failures_in_a_row_until_cleared() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = format!("http://{}/", l.local_addr().unwrap());
+        drop(l);
+        let pool = Pool::new(1, 1, Client::new(100), Arc::new(|| {}));
+        pool.halt_after(3);
+        for tag in 0..10 {
+            pool.submit("down", Attempt { tag, ..attempt(&refused, 1000) });
+        }
+        assert_eq!(wait_outcomes(&pool, 3).len(), 3);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(pool.outcomes().is_empty(), "nothing more is sent after 3 failures in a row");
+        assert_eq!(pool.load("down"), 7);
+        pool.clear_failures("down");
+        assert_eq!(wait_outcomes(&pool, 3).len(), 3, "cleared: three more, then halted again");
+        assert_eq!(pool.load("down"), 4);
     }
 
     #[test]

@@ -24,6 +24,17 @@ pub enum Verdict {
     /// `410 Gone`: the webhook says it is gone for good. The trigger is
     /// paused and the event stays pending, its attempt not spent.
     Gone,
+    /// Failed while the trigger's endpoint is down (see
+    /// [`is_endpoint_failure`]): the event waits for the endpoint, its
+    /// attempt not spent.
+    Held,
+}
+
+/// Whether an attempt's outcome says the endpoint itself is in trouble: no
+/// answer (refused, timed out, TLS), a 5xx or a 429. Another answer, even a
+/// 4xx, shows the endpoint is up.
+pub fn is_endpoint_failure(status: Option<u16>) -> bool {
+    matches!(status, None | Some(429) | Some(500..=599))
 }
 
 /// The status that pauses a trigger instead of failing its event.
@@ -172,6 +183,16 @@ mod tests {
         assert_eq!(classify(Some(200), None, 2, &CONF), Verdict::Delivered);
         let no_retries = RetryConf { num_retries: 0, ..CONF };
         assert_eq!(classify(Some(503), Some(Duration::from_secs(1)), 0, &no_retries), Verdict::Failed);
+    }
+
+    #[test]
+    fn endpoint_failures_are_silence_5xx_and_429() {
+        for s in [None, Some(429), Some(500), Some(502), Some(503), Some(599)] {
+            assert!(is_endpoint_failure(s), "{s:?}");
+        }
+        for s in [Some(200), Some(204), Some(301), Some(400), Some(404), Some(410), Some(422), Some(600)] {
+            assert!(!is_endpoint_failure(s), "{s:?}");
+        }
     }
 
     #[test]

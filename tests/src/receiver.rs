@@ -16,6 +16,7 @@
 //! | `/garbage/...` | bytes that are not HTTP |
 //! | `/retry-after-raw/V/...` | 503 with `Retry-After: V` (V taken as it is) |
 //! | `/flaky/P/...` | 500 for the first attempt of P% of the events (by `webhook-id`), else 200 |
+//! | `/down-until/MS/...` | 503 until the Unix time MS (milliseconds), then 200 |
 //! | `/echo/...` | 400 whose body and `X-Echo` header repeat the request's headers |
 //!
 //! Connections are kept alive, as a real webhook's would be.
@@ -310,6 +311,14 @@ fn answer(
         "flaky" => {
             if attempt_of_event == 1 && event_hash % 100 < num(1) {
                 respond(out, 500, "", "flaky")
+            } else {
+                respond(out, 200, "", "ok")
+            }
+        }
+        "down-until" => {
+            let now_ms = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+            if now_ms < u128::from(num(1)) {
+                respond(out, 503, "", "down")
             } else {
                 respond(out, 200, "", "ok")
             }
