@@ -1,7 +1,9 @@
 -- pg_webhooks: keeping definitions in step with the tables they watch.
 --
 -- Each event trigger owns one row trigger on its table, named
--- "pg_webhooks_<name>", that runs webhooks.capture('<name>'). Columns named in
+-- "pg_webhooks_<name>", that runs webhooks.capture('<name>'), and one more,
+-- "pg_webhooks_<name>:<op>", for each operation with a "condition" (its
+-- WHEN clause). Columns named in
 -- "columns"/"payload" lists are recorded as dependencies of that trigger, so
 -- PostgreSQL itself refuses to drop them (or drops the trigger with CASCADE).
 -- These two event triggers handle the rest:
@@ -18,12 +20,22 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 RETURN ('pg_webhooks_' || name)::name;
 
+-- The WHEN clause of a trigger as PostgreSQL prints it now (after renames,
+-- with the current names), without its parentheses; NULL when it has none.
+-- Ours end in "EXECUTE FUNCTION webhooks.capture(...)", so the greedy match
+-- stops at that last occurrence whatever the condition's text holds.
+CREATE FUNCTION webhooks._trigger_condition(trigger_oid oid) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN substring(pg_get_triggerdef(trigger_oid) FROM ' WHEN \((.*)\) EXECUTE FUNCTION ');
+
 CREATE FUNCTION webhooks._on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     gone record;
+    tg name;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_event_trigger_dropped_objects() WHERE object_type = 'trigger') THEN
         RETURN;
@@ -38,10 +50,34 @@ BEGIN
             WHERE t.tgname = webhooks._capture_trigger_name(et.name)
               AND t.tgfoid = 'webhooks.capture()'::regprocedure
               AND c.relname = et.table_name AND n.nspname = et.schema_name)
+           -- or the trigger of an operation with a condition (DROP COLUMN
+           -- ... CASCADE of a column it reads)
+           OR EXISTS (
+            SELECT FROM unnest(ARRAY['insert', 'update', 'delete']) AS op
+            WHERE et.definition #> ARRAY[op, 'condition'] IS NOT NULL
+              AND NOT EXISTS (
+                SELECT FROM pg_trigger t
+                JOIN pg_class c ON c.oid = t.tgrelid
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE t.tgname = webhooks._capture_trigger_name(et.name) || ':' || op
+                  AND t.tgfoid = 'webhooks.capture()'::regprocedure
+                  AND c.relname = et.table_name AND n.nspname = et.schema_name))
         FOR UPDATE OF et
     LOOP
         PERFORM webhooks._archive_pending(gone.name);
         DELETE FROM webhooks.event_triggers WHERE name = gone.name;
+        -- Its other triggers, where the table is still there (one trigger
+        -- was dropped, or a column a condition reads), would capture
+        -- nothing now: drop them too.
+        FOR tg IN
+            SELECT t.tgname FROM pg_trigger t
+            WHERE t.tgrelid = to_regclass(format('%I.%I', gone.schema_name, gone.table_name))
+              AND t.tgfoid = 'webhooks.capture()'::regprocedure AND t.tgparentid = 0
+              AND t.tgname IN (SELECT webhooks._capture_trigger_name(gone.name) || suffix
+                               FROM unnest(ARRAY['', ':insert', ':update', ':delete']) AS suffix)
+        LOOP
+            EXECUTE format('DROP TRIGGER %I ON %I.%I', tg, gone.schema_name, gone.table_name);
+        END LOOP;
         RAISE NOTICE 'event trigger "%" on %.% was deleted because its table trigger was dropped; its undelivered events are archived',
             gone.name, quote_ident(gone.schema_name), quote_ident(gone.table_name);
     END LOOP;
@@ -90,6 +126,8 @@ DECLARE
     d record;
     missing text[];
     fresh text[];
+    op text;
+    cond text;
 BEGIN
     IF tg_tag = 'CREATE TRIGGER' THEN
         -- A table trigger of ours created outside create_event_trigger (by
@@ -136,6 +174,18 @@ BEGIN
                 d.definition := webhooks._rename_column(d.definition, missing[1], fresh[1]);
             END IF;
         END IF;
+        -- Conditions follow renames inside PostgreSQL (their WHEN clauses
+        -- hold column numbers); the stored text is read back from them.
+        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+            IF d.definition #> ARRAY[op, 'condition'] IS NOT NULL THEN
+                SELECT webhooks._trigger_condition(t.oid) INTO cond
+                FROM pg_trigger t
+                WHERE t.tgrelid = d.tgrelid AND t.tgname = webhooks._capture_trigger_name(d.name) || ':' || op;
+                IF cond IS NOT NULL THEN
+                    d.definition := jsonb_set(d.definition, ARRAY[op, 'condition'], to_jsonb(cond));
+                END IF;
+            END IF;
+        END LOOP;
         UPDATE webhooks.event_triggers SET definition = d.definition, updated_at = now()
         WHERE name = d.name AND definition IS DISTINCT FROM d.definition;
     END LOOP;

@@ -52,6 +52,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     gone record;
+    tg name;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_event_trigger_dropped_objects() WHERE object_type = 'trigger') THEN
         RETURN;
@@ -66,10 +67,34 @@ BEGIN
             WHERE t.tgname = webhooks._capture_trigger_name(et.name)
               AND t.tgfoid = 'webhooks.capture()'::regprocedure
               AND c.relname = et.table_name AND n.nspname = et.schema_name)
+           -- or the trigger of an operation with a condition (DROP COLUMN
+           -- ... CASCADE of a column it reads)
+           OR EXISTS (
+            SELECT FROM unnest(ARRAY['insert', 'update', 'delete']) AS op
+            WHERE et.definition #> ARRAY[op, 'condition'] IS NOT NULL
+              AND NOT EXISTS (
+                SELECT FROM pg_trigger t
+                JOIN pg_class c ON c.oid = t.tgrelid
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE t.tgname = webhooks._capture_trigger_name(et.name) || ':' || op
+                  AND t.tgfoid = 'webhooks.capture()'::regprocedure
+                  AND c.relname = et.table_name AND n.nspname = et.schema_name))
         FOR UPDATE OF et
     LOOP
         PERFORM webhooks._archive_pending(gone.name);
         DELETE FROM webhooks.event_triggers WHERE name = gone.name;
+        -- Its other triggers, where the table is still there (one trigger
+        -- was dropped, or a column a condition reads), would capture
+        -- nothing now: drop them too.
+        FOR tg IN
+            SELECT t.tgname FROM pg_trigger t
+            WHERE t.tgrelid = to_regclass(format('%I.%I', gone.schema_name, gone.table_name))
+              AND t.tgfoid = 'webhooks.capture()'::regprocedure AND t.tgparentid = 0
+              AND t.tgname IN (SELECT webhooks._capture_trigger_name(gone.name) || suffix
+                               FROM unnest(ARRAY['', ':insert', ':update', ':delete']) AS suffix)
+        LOOP
+            EXECUTE format('DROP TRIGGER %I ON %I.%I', tg, gone.schema_name, gone.table_name);
+        END LOOP;
         RAISE NOTICE 'event trigger "%" on %.% was deleted because its table trigger was dropped; its undelivered events are archived',
             gone.name, quote_ident(gone.schema_name), quote_ident(gone.table_name);
     END LOOP;
@@ -166,3 +191,89 @@ ALTER FUNCTION webhooks.redeliver_events(text, timestamptz, timestamptz) SET sea
 REVOKE ALL ON FUNCTION webhooks.redeliver_events(text, timestamptz, timestamptz) FROM PUBLIC;
 COMMENT ON FUNCTION webhooks.redeliver_events(text, timestamptz, timestamptz) IS 'Queues the errored events of one trigger created in [since, until) again, with tries reset; returns how many';
 COMMENT ON FUNCTION webhooks.worker_status() IS 'The delivery workers, one per database: pid, database, start, last wake-up, in flight, delivered and failed since start';
+
+-- Delivery control: conditions. An operation with a "condition" has its
+-- own table trigger (its WHEN clause); the DDL event triggers follow it.
+-- The WHEN clause of a trigger as PostgreSQL prints it now (after renames,
+-- with the current names), without its parentheses; NULL when it has none.
+-- Ours end in "EXECUTE FUNCTION webhooks.capture(...)", so the greedy match
+-- stops at that last occurrence whatever the condition's text holds.
+CREATE FUNCTION webhooks._trigger_condition(trigger_oid oid) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN substring(pg_get_triggerdef(trigger_oid) FROM ' WHEN \((.*)\) EXECUTE FUNCTION ');
+REVOKE ALL ON FUNCTION webhooks._trigger_condition(oid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION webhooks._on_ddl_command_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d record;
+    missing text[];
+    fresh text[];
+    op text;
+    cond text;
+BEGIN
+    IF tg_tag = 'CREATE TRIGGER' THEN
+        -- A table trigger of ours created outside create_event_trigger (by
+        -- pg_restore): give it back its column dependencies.
+        PERFORM webhooks._record_dependencies(et.name)
+        FROM webhooks.event_triggers et
+        JOIN pg_trigger t ON t.tgname = webhooks._capture_trigger_name(et.name)
+                         AND t.tgfoid = 'webhooks.capture()'::regprocedure
+                         AND t.tgparentid = 0
+        WHERE t.oid IN (SELECT objid FROM pg_event_trigger_ddl_commands());
+        RETURN;
+    END IF;
+    FOR d IN
+        SELECT et.name, et.definition, et.schema_name, et.table_name,
+               t.oid AS tgoid, t.tgrelid, n.nspname, c.relname
+        FROM webhooks.event_triggers et
+        JOIN pg_trigger t ON t.tgname = webhooks._capture_trigger_name(et.name)
+                         AND t.tgfoid = 'webhooks.capture()'::regprocedure
+                         AND t.tgparentid = 0
+        JOIN pg_class c ON c.oid = t.tgrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid IN (SELECT objid FROM pg_event_trigger_ddl_commands())
+           OR c.relnamespace IN (SELECT objid FROM pg_event_trigger_ddl_commands())
+    LOOP
+        -- The table or its schema was renamed.
+        IF d.nspname <> d.schema_name OR d.relname <> d.table_name THEN
+            d.definition := jsonb_set(d.definition, '{table}',
+                jsonb_build_object('schema', d.nspname::text, 'name', d.relname::text));
+        END IF;
+        -- A listed column was renamed: its old name is gone from the table,
+        -- and the trigger depends on a column whose name is not listed.
+        SELECT array_agg(col) INTO missing
+        FROM webhooks._listed_columns(d.definition) AS col
+        WHERE NOT EXISTS (SELECT FROM pg_attribute a
+                          WHERE a.attrelid = d.tgrelid AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped);
+        IF cardinality(missing) = 1 THEN
+            SELECT array_agg(a.attname::text) INTO fresh
+            FROM pg_depend dep
+            JOIN pg_attribute a ON a.attrelid = dep.refobjid AND a.attnum = dep.refobjsubid
+            WHERE dep.classid = 'pg_trigger'::regclass AND dep.objid = d.tgoid
+              AND dep.refclassid = 'pg_class'::regclass AND dep.refobjsubid > 0
+              AND a.attname::text NOT IN (SELECT webhooks._listed_columns(d.definition));
+            IF cardinality(fresh) = 1 THEN
+                d.definition := webhooks._rename_column(d.definition, missing[1], fresh[1]);
+            END IF;
+        END IF;
+        -- Conditions follow renames inside PostgreSQL (their WHEN clauses
+        -- hold column numbers); the stored text is read back from them.
+        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+            IF d.definition #> ARRAY[op, 'condition'] IS NOT NULL THEN
+                SELECT webhooks._trigger_condition(t.oid) INTO cond
+                FROM pg_trigger t
+                WHERE t.tgrelid = d.tgrelid AND t.tgname = webhooks._capture_trigger_name(d.name) || ':' || op;
+                IF cond IS NOT NULL THEN
+                    d.definition := jsonb_set(d.definition, ARRAY[op, 'condition'], to_jsonb(cond));
+                END IF;
+            END IF;
+        END LOOP;
+        UPDATE webhooks.event_triggers SET definition = d.definition, updated_at = now()
+        WHERE name = d.name AND definition IS DISTINCT FROM d.definition;
+    END LOOP;
+END
+$$;

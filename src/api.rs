@@ -33,6 +33,16 @@ pub fn table_trigger_name(name: &str) -> String {
     format!("pg_webhooks_{name}")
 }
 
+/// The operations that may have a condition, as keys and as SQL.
+const OPS: [(&str, &str); 3] = [("insert", "INSERT"), ("update", "UPDATE"), ("delete", "DELETE")];
+
+/// The table trigger of one operation with a `condition`: its own trigger,
+/// since a WHEN clause applies to every event of its trigger. `:` cannot
+/// occur in an event trigger name, so no two names collide.
+pub fn op_trigger_name(name: &str, op: &str) -> String {
+    format!("pg_webhooks_{name}:{op}")
+}
+
 /// Creates an event trigger, or replaces it with `"replace": true`. Returns
 /// the stored definition with every default filled in.
 #[pg_extern(schema = "webhooks")]
@@ -219,7 +229,7 @@ pub fn create(args: &Value) -> Value {
     let table = catalog::resolve_table(&def.table.schema, &def.table.name);
     catalog::check_table_privileges(&table);
     let attnums = listed_attnums(&def, &table);
-    let stored = def.to_json();
+    let mut stored = def.to_json();
     let owner = catalog::extension_owner();
 
     catalog::as_owner(owner, || {
@@ -245,6 +255,13 @@ pub fn create(args: &Value) -> Value {
             error!("pg_webhooks: the table trigger of \"{}\" is not on {} as expected", def.name, table.qualified)
         });
         record_column_dependencies(tgoid, &table, &attnums);
+        // Conditions are stored as PostgreSQL prints them, as they read
+        // after a rename.
+        let with_conditions = create_op_triggers(&def, &table).to_json();
+        if with_conditions != stored {
+            definitions::replace(&def.name, &with_conditions);
+            stored = with_conditions;
+        }
 
         // Moved to another table: drop the old table's trigger, now that the
         // definition and the new trigger are in place.
@@ -344,14 +361,10 @@ fn listed_attnums(def: &Definition, table: &Table) -> Vec<i16> {
 /// renames and drops.
 fn table_trigger_sql(def: &Definition, table: &Table) -> String {
     let mut events = Vec::new();
-    if def.insert.is_some() {
-        events.push("INSERT");
-    }
-    if def.update.is_some() {
-        events.push("UPDATE");
-    }
-    if def.delete.is_some() {
-        events.push("DELETE");
+    for (key, sql) in OPS {
+        if op_spec(def, key).is_some_and(|spec| spec.condition.is_none()) {
+            events.push(sql);
+        }
     }
     let (events, when) =
         if events.is_empty() { ("INSERT".to_string(), " WHEN (false)") } else { (events.join(" OR "), "") };
@@ -363,15 +376,149 @@ fn table_trigger_sql(def: &Definition, table: &Table) -> String {
     )
 }
 
+fn op_spec<'a>(def: &'a Definition, op: &str) -> Option<&'a webhooks_core::definition::OpSpec> {
+    match op {
+        "insert" => def.insert.as_ref(),
+        "update" => def.update.as_ref(),
+        _ => def.delete.as_ref(),
+    }
+}
+
+fn op_spec_mut<'a>(def: &'a mut Definition, op: &str) -> Option<&'a mut webhooks_core::definition::OpSpec> {
+    match op {
+        "insert" => def.insert.as_mut(),
+        "update" => def.update.as_mut(),
+        _ => def.delete.as_mut(),
+    }
+}
+
+/// Checks that `condition` is one SQL expression and nothing more: it is
+/// pasted into `CREATE TRIGGER ... WHEN (...)`, so text such as `true)
+/// EXECUTE FUNCTION f(); DROP ...` must never reach it. PostgreSQL's own
+/// parser reads `SELECT (<condition>)`: exactly one statement, one target,
+/// and no clause besides is the only shape accepted. Newlines around the
+/// condition keep a trailing `--` comment from swallowing the parenthesis,
+/// here and in the trigger alike.
+fn check_one_expression(op: &str, condition: &str) {
+    let sql = std::ffi::CString::new(format!("SELECT (\n{condition}\n)")).expect("checked for NUL");
+    let key = format!("invalid value for key \"{op}.condition\"");
+    let one = within(&key, || {
+        // SAFETY: the raw parser reads a NUL-terminated string and returns a
+        // List of RawStmt nodes in the current memory context (or raises a
+        // syntax error); the nodes are read before the context goes.
+        unsafe {
+            let list = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
+                sql.as_ptr(),
+                pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
+            ));
+            if list.len() != 1 {
+                return false;
+            }
+            let stmt = (*list.get_ptr(0).expect("one statement")).stmt;
+            if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_SelectStmt {
+                return false;
+            }
+            let s = &*stmt.cast::<pg_sys::SelectStmt>();
+            let targets = pgrx::PgList::<pg_sys::ResTarget>::from_pg(s.targetList);
+            targets.len() == 1
+                && s.distinctClause.is_null()
+                && s.intoClause.is_null()
+                && s.fromClause.is_null()
+                && s.whereClause.is_null()
+                && s.groupClause.is_null()
+                && s.havingClause.is_null()
+                && s.windowClause.is_null()
+                && s.valuesLists.is_null()
+                && s.sortClause.is_null()
+                && s.limitOffset.is_null()
+                && s.limitCount.is_null()
+                && s.lockingClause.is_null()
+                && s.withClause.is_null()
+                && s.op == pg_sys::SetOperation::SETOP_NONE
+                && (*targets.get_ptr(0).expect("one target")).name.is_null()
+        }
+    });
+    if !one {
+        raise(
+            ApiError::new(SqlState::SyntaxError, format!("{key}: it must be one SQL expression, not {}", json!(condition)))
+                .with_hint("Give a boolean expression over OLD and NEW, as in CREATE TRIGGER ... WHEN (...), e.g. \"NEW.status <> OLD.status\"."),
+        );
+    }
+}
+
+/// `CREATE OR REPLACE TRIGGER` for one operation with a condition.
+fn op_trigger_sql(def: &Definition, table: &Table, op: &str, sql_op: &str, condition: &str) -> String {
+    format!(
+        "CREATE OR REPLACE TRIGGER {} AFTER {sql_op} ON {} FOR EACH ROW WHEN (\n{condition}\n) EXECUTE FUNCTION webhooks.capture({})",
+        quote_identifier(op_trigger_name(&def.name, op)),
+        table.qualified,
+        quote_literal(&def.name)
+    )
+}
+
+/// The condition of a trigger as PostgreSQL prints it (after renames, the
+/// current names).
+fn trigger_condition(tgoid: pg_sys::Oid) -> Option<String> {
+    let current =
+        spi(Spi::get_one::<bool>("SELECT pg_catalog.to_regprocedure('webhooks._trigger_condition(oid)') IS NOT NULL"));
+    if current != Some(true) {
+        raise(
+            ApiError::new(
+                SqlState::FeatureNotSupported,
+                "conditions need the extension's 0.3.0 objects: this database still has an earlier version's",
+            )
+            .with_hint("Run ALTER EXTENSION pg_webhooks UPDATE in this database."),
+        );
+    }
+    spi(Spi::get_one_with_args::<String>("SELECT webhooks._trigger_condition($1)", &[tgoid.into()]))
+}
+
+/// Creates (or replaces) the triggers of the operations with a condition,
+/// drops those of operations without one, and returns the definition with
+/// each condition as PostgreSQL stored it. An error in a condition
+/// (PostgreSQL's own: a syntax error, an unknown column, OLD in an INSERT
+/// condition, a type that is not boolean) keeps its SQLSTATE and names the
+/// key.
+fn create_op_triggers(def: &Definition, table: &Table) -> Definition {
+    let mut stored = def.clone();
+    // Every trigger that is needed exists before any is dropped: the DDL
+    // event trigger deletes an event trigger one of whose triggers is
+    // missing.
+    for (op, sql_op) in OPS {
+        let Some(condition) = op_spec(def, op).and_then(|spec| spec.condition.as_deref()) else { continue };
+        check_one_expression(op, condition);
+        let sql = op_trigger_sql(def, table, op, sql_op, condition);
+        within(&format!("invalid value for key \"{op}.condition\""), || spi(Spi::run(&sql)));
+        let name = op_trigger_name(&def.name, op);
+        let tgoid = trigger_oid(table, &name)
+            .unwrap_or_else(|| error!("pg_webhooks: the trigger {name} is not on {} as expected", table.qualified));
+        if let (Some(spec), Some(text)) = (op_spec_mut(&mut stored, op), trigger_condition(tgoid)) {
+            spec.condition = Some(text);
+        }
+    }
+    for (op, _) in OPS {
+        let name = op_trigger_name(&def.name, op);
+        if op_spec(def, op).is_none_or(|spec| spec.condition.is_none()) && trigger_oid(table, &name).is_some() {
+            spi(Spi::run(&format!("DROP TRIGGER {} ON {}", quote_identifier(&name), table.qualified)));
+        }
+    }
+    stored
+}
+
+/// The oid of the trigger `name` on `table`, if there is one.
+fn trigger_oid(table: &Table, name: &str) -> Option<pg_sys::Oid> {
+    spi(Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT oid FROM pg_catalog.pg_trigger
+         WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) $2",
+        &[table.oid.into(), name.into()],
+    ))
+}
+
 /// The oid of event trigger `name`'s table trigger on `table`. The trigger
 /// was created by a qualified name under a lock on the table; this checks
 /// that it landed on the table that was resolved and checked.
 fn table_trigger_oid(name: &str, table: &Table) -> Option<pg_sys::Oid> {
-    spi(Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT oid FROM pg_catalog.pg_trigger
-         WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) $2",
-        &[table.oid.into(), table_trigger_name(name).as_str().into()],
-    ))
+    trigger_oid(table, &table_trigger_name(name))
 }
 
 /// Makes the table trigger depend on every listed column, as a trigger's
@@ -448,6 +595,18 @@ fn drop_table_trigger(name: &str, schema: &str, table: &str) {
     ));
     if exists == Some(true) {
         spi(Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {qualified}", quote_identifier(table_trigger_name(name)))));
+        for (op, _) in OPS {
+            let tg = op_trigger_name(name, op);
+            let exists = spi(Spi::get_one_with_args::<bool>(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                                WHERE tgrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass
+                                  AND tgname OPERATOR(pg_catalog.=) $2)",
+                &[qualified.as_str().into(), tg.as_str().into()],
+            ));
+            if exists == Some(true) {
+                spi(Spi::run(&format!("DROP TRIGGER {} ON {qualified}", quote_identifier(&tg))));
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@ fn errcode(state: SqlState) -> PgSqlErrorCode {
         SqlState::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
         SqlState::NullValueNotAllowed => ERRCODE_NULL_VALUE_NOT_ALLOWED,
         SqlState::ProgramLimitExceeded => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        SqlState::SyntaxError => ERRCODE_SYNTAX_ERROR,
     }
 }
 

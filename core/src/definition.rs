@@ -73,7 +73,14 @@ pub struct OpSpec {
     pub columns: Columns,
     /// The columns that appear in `old` and `new`.
     pub payload: Columns,
+    /// A SQL boolean expression over `OLD` and `NEW`, as in `CREATE TRIGGER
+    /// ... WHEN (...)`: rows for which it is not true make no event.
+    /// PostgreSQL checks it when the trigger is created.
+    pub condition: Option<String>,
 }
+
+/// The longest `condition` accepted, in bytes.
+pub const MAX_CONDITION_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Webhook {
@@ -221,7 +228,11 @@ impl Definition {
         };
         for (key, op) in [("insert", &self.insert), ("update", &self.update), ("delete", &self.delete)] {
             if let Some(op) = op {
-                m.insert(key.into(), json!({"columns": op.columns.to_json(), "payload": op.payload.to_json()}));
+                let mut spec = json!({"columns": op.columns.to_json(), "payload": op.payload.to_json()});
+                if let Some(c) = &op.condition {
+                    spec["condition"] = json!(c);
+                }
+                m.insert(key.into(), spec);
             }
         }
         let headers: Vec<Value> = self
@@ -511,8 +522,8 @@ fn parse_op(key: &str, v: Option<&Value>) -> ApiResult<Option<OpSpec>> {
         ))
     })?;
     for k in o.keys() {
-        if k != "columns" && k != "payload" {
-            return Err(unknown_key(&format!("{key}."), k, &["columns", "payload"]));
+        if k != "columns" && k != "payload" && k != "condition" {
+            return Err(unknown_key(&format!("{key}."), k, &["columns", "payload", "condition"]));
         }
     }
     let columns_key = format!("{key}.columns");
@@ -521,7 +532,32 @@ fn parse_op(key: &str, v: Option<&Value>) -> ApiResult<Option<OpSpec>> {
         None | Some(Value::Null) => Columns::All,
         Some(p) => parse_columns(&format!("{key}.payload"), p)?,
     };
-    Ok(Some(OpSpec { columns, payload }))
+    let condition = match o.get("condition") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) if c.trim().is_empty() => {
+            return Err(ApiError::invalid(format!("invalid value for key \"{key}.condition\": the condition is empty"))
+                .with_hint("Give a SQL boolean expression over OLD and NEW, or leave the key out."))
+        }
+        Some(Value::String(c)) if c.len() > MAX_CONDITION_BYTES => {
+            return Err(ApiError::invalid(format!(
+                "invalid value for key \"{key}.condition\": {} bytes, more than {MAX_CONDITION_BYTES}",
+                c.len()
+            )))
+        }
+        Some(Value::String(c)) if c.contains('\0') => {
+            return Err(ApiError::invalid(format!(
+                "invalid value for key \"{key}.condition\": it contains a NUL character"
+            )))
+        }
+        Some(Value::String(c)) => Some(c.trim().to_string()),
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "invalid value for key \"{key}.condition\": expected a SQL expression as a string, got {}",
+                describe(other)
+            )))
+        }
+    };
+    Ok(Some(OpSpec { columns, payload, condition }))
 }
 
 fn parse_columns(key: &str, v: &Value) -> ApiResult<Columns> {
@@ -1078,9 +1114,24 @@ mod tests {
             a.definition.update,
             Some(OpSpec {
                 columns: Columns::List(vec!["a".into(), "b".into()]),
-                payload: Columns::List(vec!["c".into()])
+                payload: Columns::List(vec!["c".into()]),
+                condition: None,
             })
         );
+        let a = parse(with("update", json!({"columns": "*", "condition": "  NEW.a <> OLD.a "}))).unwrap();
+        assert_eq!(a.definition.update.as_ref().unwrap().condition.as_deref(), Some("NEW.a <> OLD.a"));
+        assert_eq!(a.definition.to_json()["update"]["condition"], "NEW.a <> OLD.a");
+        assert!(parse(base()).unwrap().definition.to_json()["insert"].get("condition").is_none());
+        for (v, want) in [
+            (json!(""), "the condition is empty"),
+            (json!(true), "expected a SQL expression as a string, got boolean true"),
+            (json!("x".repeat(MAX_CONDITION_BYTES + 1)), "more than 8192"),
+            (json!("a\u{0}b"), "NUL"),
+        ] {
+            let e = err(with("update", json!({"columns": "*", "condition": v})));
+            assert!(e.message.starts_with("invalid value for key \"update.condition\""), "{}", e.message);
+            assert!(e.message.contains(want), "{}", e.message);
+        }
         let e = err(with("insert", json!({"columns": []})));
         assert_eq!(e.message, "invalid value for key \"insert.columns\": the column list is empty");
         let e = err(with("delete", json!({"columns": "*", "payload": []})));

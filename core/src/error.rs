@@ -32,6 +32,8 @@ pub enum SqlState {
     FeatureNotSupported,
     /// 54000: a definition or a part of it is larger than allowed.
     ProgramLimitExceeded,
+    /// 42601: a condition that is not one SQL expression.
+    SyntaxError,
 }
 
 impl SqlState {
@@ -50,6 +52,7 @@ impl SqlState {
             SqlState::FeatureNotSupported => "0A000",
             SqlState::NullValueNotAllowed => "22004",
             SqlState::ProgramLimitExceeded => "54000",
+            SqlState::SyntaxError => "42601",
         }
     }
 }

@@ -302,3 +302,106 @@ fn an_endpoint_that_is_down_gets_probes_not_the_backlog() {
     let attempts_after = r.received_on(&path).len() - during;
     assert!(attempts_after >= 200 - 30, "the backlog flowed after the outage ({attempts_after} requests)");
 }
+
+/// The events of trigger `name`: (op, new id or old id).
+fn captured(c: &mut Client, name: &str) -> Vec<(String, i64)> {
+    c.query(
+        "SELECT payload->>'op', coalesce(payload->'data'->'new'->>'id', payload->'data'->'old'->>'id')::int8
+         FROM webhooks.event_log WHERE trigger_name = $1 ORDER BY id",
+        &[&name],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+#[test]
+fn conditions_filter_each_operation_and_follow_renames() {
+    let mut c = connect();
+    c.batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text, total int)").unwrap();
+    let args = json!({"name": "paid", "table": "orders", "webhook": "http://127.0.0.1:9/nowhere",
+        "insert": {"columns": "*", "condition": "NEW.status = 'paid'"},
+        "update": {"columns": ["status"], "condition": "NEW.status = 'paid' AND OLD.status <> 'paid'"},
+        "delete": {"columns": "*", "condition": "OLD.total > 100"},
+        "retry_conf": {"num_retries": 0}});
+    let stored: Value = c.query_one("SELECT webhooks.create_event_trigger($1)", &[&args]).unwrap().get(0);
+    // Stored as PostgreSQL prints it.
+    assert_eq!(stored["insert"]["condition"], "(new.status = 'paid'::text)");
+    assert_eq!(stored["update"]["condition"], "((new.status = 'paid'::text) AND (old.status <> 'paid'::text))");
+    assert_eq!(stored["delete"]["condition"], "(old.total > 100)");
+    c.execute("SELECT webhooks.pause_event_trigger('paid')", &[]).unwrap();
+
+    c.batch_execute(
+        "INSERT INTO orders VALUES (1, 'new', 50), (2, 'paid', 500), (3, 'new', 200);
+         UPDATE orders SET status = 'paid' WHERE id IN (1, 2);   -- 1 becomes paid; 2 already was
+         UPDATE orders SET total = total + 1;                    -- status unchanged: nothing
+         DELETE FROM orders WHERE id IN (1, 3);                  -- 3 is over 100, 1 is not",
+    )
+    .unwrap();
+    assert_eq!(captured(&mut c, "paid"), vec![("INSERT".into(), 2), ("UPDATE".into(), 1), ("DELETE".into(), 3)]);
+
+    // Renames: the conditions keep working and their stored text follows.
+    c.batch_execute("ALTER TABLE orders RENAME COLUMN status TO state; ALTER TABLE orders RENAME TO purchases")
+        .unwrap();
+    let def: Value = one(&mut c, "SELECT definition FROM webhooks.event_triggers WHERE name = 'paid'");
+    assert_eq!(def["insert"]["condition"], "(new.state = 'paid'::text)");
+    assert_eq!(def["update"]["condition"], "((new.state = 'paid'::text) AND (old.state <> 'paid'::text))");
+    assert_eq!(def["table"]["name"], "purchases");
+    c.batch_execute("INSERT INTO purchases VALUES (4, 'paid', 1), (5, 'new', 1)").unwrap();
+    assert_eq!(captured(&mut c, "paid").last(), Some(&("INSERT".to_string(), 4)));
+
+    // A column a condition reads cannot be dropped without CASCADE, and
+    // CASCADE deletes the event trigger as for a listed column.
+    assert_sql_error(&mut c, "ALTER TABLE purchases DROP COLUMN total", "2BP01", &["other objects depend on it"]);
+
+    // Replace: a condition removed drops its trigger; one added creates it.
+    let replaced = json!({"name": "paid", "table": "purchases", "webhook": "http://127.0.0.1:9/nowhere",
+        "insert": {"columns": "*"}, "delete": {"columns": "*", "condition": "OLD.id > 1"}, "replace": true});
+    c.execute("SELECT webhooks.create_event_trigger($1)", &[&replaced]).unwrap();
+    let triggers: Vec<String> = c
+        .query("SELECT tgname::text FROM pg_trigger WHERE tgname LIKE 'pg_webhooks_paid%' ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(triggers, ["pg_webhooks_paid", "pg_webhooks_paid:delete"]);
+    c.batch_execute("ALTER TABLE purchases DROP COLUMN total").unwrap();
+    c.batch_execute("DELETE FROM purchases WHERE id = 4").unwrap();
+    assert_eq!(captured(&mut c, "paid").last(), Some(&("DELETE".to_string(), 4)));
+    c.batch_execute("ALTER TABLE purchases DROP COLUMN id CASCADE").unwrap();
+    let left: i64 = one(&mut c, "SELECT count(*) FROM webhooks.event_triggers WHERE name = 'paid'");
+    assert_eq!(left, 0, "dropping a column the condition reads deleted the event trigger");
+    let triggers: i64 = one(&mut c, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pg_webhooks_paid%'");
+    assert_eq!(triggers, 0);
+}
+
+#[test]
+fn bad_conditions_are_refused_by_postgresql_and_leave_nothing() {
+    let mut c = connect();
+    c.batch_execute("CREATE TABLE cond_bad (id int PRIMARY KEY, v text)").unwrap();
+    let sql = |op: &str, cond: &str| {
+        let args = json!({"name": "cond_bad", "table": "cond_bad", "webhook": "http://127.0.0.1:9/x",
+                          op: {"columns": "*", "condition": cond}});
+        format!("SELECT webhooks.create_event_trigger('{}')", args.to_string().replace('\'', "''"))
+    };
+    let key = |op: &str| format!("invalid value for key \"{op}.condition\"");
+    for (op, cond, code, part) in [
+        ("insert", "NEW.v = ", "42601", "syntax error"),
+        ("insert", "NEW.nope = 1", "42703", "column new.nope does not exist"),
+        ("insert", "OLD.v = 'x'", "42P17", "INSERT trigger's WHEN condition cannot reference OLD values"),
+        ("delete", "NEW.v = 'x'", "42P17", "DELETE trigger's WHEN condition cannot reference NEW values"),
+        ("update", "NEW.id + 1", "42804", "argument of WHEN must be type boolean"),
+        ("update", "true) EXECUTE FUNCTION pg_catalog.now(); DROP TABLE cond_bad; --", "42601", ""),
+        ("update", "true) FROM pg_class WHERE (true", "42601", "one SQL expression"),
+        ("update", "true), (false", "42601", "one SQL expression"),
+    ] {
+        let e = assert_sql_error(&mut c, &sql(op, cond), code, &[&key(op), part]);
+        assert!(!e.message.is_empty());
+    }
+    let defs: i64 = one(&mut c, "SELECT count(*) FROM webhooks.event_triggers WHERE name = 'cond_bad'");
+    let triggers: i64 = one(&mut c, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pg_webhooks_cond_bad%'");
+    assert_eq!((defs, triggers), (0, 0), "a refused condition leaves nothing behind");
+    let table: i64 = one(&mut c, "SELECT count(*) FROM pg_class WHERE relname = 'cond_bad'");
+    assert_eq!(table, 1, "nothing after the condition ran");
+}
