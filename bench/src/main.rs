@@ -99,17 +99,24 @@ fn main() {
 enum Variant {
     None,
     PgWebhooks,
+    /// A pg_webhooks trigger whose condition rejects every row.
+    Rejecting,
+    /// PostgreSQL's own: a row trigger whose WHEN clause rejects every row.
+    WhenFalse,
     Hasura,
     Pgq,
 }
 
-const VARIANTS: [Variant; 4] = [Variant::None, Variant::PgWebhooks, Variant::Hasura, Variant::Pgq];
+const VARIANTS: [Variant; 6] =
+    [Variant::None, Variant::PgWebhooks, Variant::Rejecting, Variant::WhenFalse, Variant::Hasura, Variant::Pgq];
 
 impl Variant {
     fn label(self) -> &'static str {
         match self {
             Variant::None => "no trigger",
             Variant::PgWebhooks => "pg_webhooks event trigger",
+            Variant::Rejecting => "pg_webhooks, a condition that rejects every row",
+            Variant::WhenFalse => "plain trigger `WHEN (NEW.age < 0)` rejecting every row",
             Variant::Hasura => "Hasura-style PL/pgSQL trigger",
             Variant::Pgq => "PgQ `pgq.jsontriga`",
         }
@@ -180,6 +187,23 @@ fn prepare_variant(c: &mut Client, v: Variant) {
             )
             .unwrap();
         }
+        Variant::Rejecting => {
+            c.execute(
+                "SELECT webhooks.create_event_trigger($1)",
+                &[&json!({"name": "users_changed", "table": "users", "webhook": "http://127.0.0.1:9/none",
+                          "insert": {"columns": "*", "condition": "NEW.age < 0"},
+                          "update": {"columns": "*", "condition": "NEW.age < 0"},
+                          "delete": {"columns": "*", "condition": "OLD.age < 0"}})],
+            )
+            .unwrap();
+        }
+        Variant::WhenFalse => c
+            .batch_execute(
+                "CREATE OR REPLACE FUNCTION public.bench_noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END';
+                 CREATE TRIGGER users_when AFTER INSERT ON users FOR EACH ROW WHEN (NEW.age < 0)
+                     EXECUTE FUNCTION public.bench_noop();",
+            )
+            .unwrap(),
         Variant::Hasura => c.batch_execute(HASURA_STYLE).unwrap(),
         Variant::Pgq => {
             c.batch_execute(
