@@ -277,3 +277,8 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Ordered delivery (#15): the key events of one row share, and their index.
+ALTER TABLE webhooks.event_log ADD COLUMN ordering_key text;
+CREATE INDEX event_log_order ON webhooks.event_log (trigger_name, ordering_key, id)
+    WHERE ordering_key IS NOT NULL AND NOT delivered AND NOT error AND NOT archived;

@@ -40,7 +40,10 @@ CREATE TABLE webhooks.event_log (
     tries         integer NOT NULL DEFAULT 0,
     created_at    timestamptz NOT NULL DEFAULT now(),
     locked        timestamptz,
-    next_retry_at timestamptz NOT NULL DEFAULT now()
+    next_retry_at timestamptz NOT NULL DEFAULT now(),
+    -- With "ordering": the row's key ("key") or '' ("trigger"); events of
+    -- one key are delivered one at a time, in id order. NULL: not held.
+    ordering_key text
 ) WITH (fillfactor = 80);
 -- fillfactor: a claim only sets "locked", which no index covers, so with
 -- room left on the page the update is HOT and writes no index entry.
@@ -51,6 +54,10 @@ CREATE TABLE webhooks.event_log (
 -- backlog, and one trigger's backlog never sits in another's way.
 CREATE INDEX event_log_fetch ON webhooks.event_log (trigger_name, next_retry_at, id)
     WHERE NOT delivered AND NOT error AND NOT archived;
+
+-- Ordered delivery: the pending events of one key, in the order written.
+CREATE INDEX event_log_order ON webhooks.event_log (trigger_name, ordering_key, id)
+    WHERE ordering_key IS NOT NULL AND NOT delivered AND NOT error AND NOT archived;
 
 -- Dead letters, per trigger, by age: webhooks.failed_events and
 -- redeliver_events(). Events enter it only when they fail for good.

@@ -229,6 +229,7 @@ pub fn create(args: &Value) -> Value {
     let table = catalog::resolve_table(&def.table.schema, &def.table.name);
     catalog::check_table_privileges(&table);
     let attnums = listed_attnums(&def, &table);
+    check_ordering(&def, &table);
     let mut stored = def.to_json();
     let owner = catalog::extension_owner();
 
@@ -272,6 +273,33 @@ pub fn create(args: &Value) -> Value {
         }
     });
     stored
+}
+
+/// `"ordering": "key"` needs a key: the table's primary key or replica
+/// identity index. Any ordering needs 0.3.0's event log.
+fn check_ordering(def: &Definition, table: &Table) {
+    use webhooks_core::definition::Ordering;
+    if def.ordering == Ordering::None {
+        return;
+    }
+    if !event_log::has_ordering_key() {
+        raise(
+            ApiError::new(
+                SqlState::FeatureNotSupported,
+                "\"ordering\" needs the extension's 0.3.0 objects: this database still has an earlier version's",
+            )
+            .with_hint("Run ALTER EXTENSION pg_webhooks UPDATE in this database."),
+        );
+    }
+    if def.ordering == Ordering::Key && catalog::key_attnums_of(table.oid).is_empty() {
+        raise(
+            ApiError::invalid(format!(
+                "invalid value for key \"ordering\": \"key\" orders the events of each row by its key, and table {} has no primary key and no replica identity index",
+                table.qualified
+            ))
+            .with_hint("Add a primary key (or ALTER TABLE ... REPLICA IDENTITY USING INDEX), or use \"ordering\": \"trigger\"."),
+        );
+    }
 }
 
 /// Stores a new definition owned by `caller`; an existing name is an error.

@@ -31,7 +31,7 @@ use pgrx::trigger_support::{
     trigger_fired_for_row,
 };
 use pgrx::PgTupleDesc;
-use webhooks_core::definition::{Columns, Definition, OpSpec};
+use webhooks_core::definition::{Columns, Definition, OpSpec, Ordering};
 
 use crate::payload::{self, Row, RowShape};
 use crate::{catalog, definitions, event_log};
@@ -50,7 +50,56 @@ struct Compiled {
     /// The event's trigger, schema and table names as text datums; they
     /// and the shapes are allocated in `cxt`.
     names: [pg_sys::Datum; 3],
+    /// How the event's `ordering_key` is made.
+    order: OrderKey,
     cxt: pg_sys::MemoryContext,
+}
+
+/// The `ordering_key` of a trigger's events.
+enum OrderKey {
+    /// `"ordering": "none"`: NULL.
+    None,
+    /// `"trigger"`: one key for all, `''` (a text datum in `cxt`).
+    Trigger(pg_sys::Datum),
+    /// `"key"`: the row's key columns, with their output functions.
+    Key(Vec<(i16, pg_sys::Oid)>),
+}
+
+impl OrderKey {
+    /// The key of a row, as a text datum in the current memory context:
+    /// the JSON array of the key columns' text forms.
+    ///
+    /// # Safety
+    /// `tuple` must be a tuple of `tupdesc`.
+    unsafe fn of(&self, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> Option<pg_sys::Datum> {
+        match self {
+            OrderKey::None => None,
+            OrderKey::Trigger(empty) => Some(*empty),
+            OrderKey::Key(cols) => {
+                let mut parts = Vec::with_capacity(cols.len());
+                for (attnum, output) in cols {
+                    let n = std::num::NonZeroUsize::new(*attnum as usize)?;
+                    // SAFETY: reads an attribute of a tuple of this
+                    // descriptor; the output function takes its type and
+                    // returns a palloc'd C string.
+                    let part = unsafe {
+                        match pgrx::heap_getattr_raw(tuple, n, tupdesc) {
+                            Some(d) => serde_json::Value::String(
+                                CStr::from_ptr(pg_sys::OidOutputFunctionCall(*output, d))
+                                    .to_string_lossy()
+                                    .into_owned(),
+                            ),
+                            None => serde_json::Value::Null,
+                        }
+                    };
+                    parts.push(part);
+                }
+                let text = CString::new(serde_json::Value::Array(parts).to_string()).ok()?;
+                // SAFETY: copies the string into a text in the current memory context.
+                Some(pg_sys::Datum::from(unsafe { pg_sys::cstring_to_text(text.as_ptr()) }))
+            }
+        }
+    }
 }
 
 impl Drop for Compiled {
@@ -218,12 +267,15 @@ unsafe fn capture_row(td: &pg_sys::TriggerData) {
             let Some(shape) = shape else { return };
             let deform = |tuple: pg_sys::HeapTuple| (!tuple.is_null()).then(|| Row::deform(tuple, tupdesc));
             let payload = payload::build(op, deform(old).as_ref(), deform(new).as_ref(), shape);
+            // The row's key: the new row's, or the old one's for a DELETE.
+            let ordering_key = e.order.of(if new.is_null() { old } else { new }, tupdesc);
             event_log::append(&event_log::Event {
                 id: event_log::new_event_id(),
                 trigger_name: e.names[0],
                 schema_name: e.names[1],
                 table_name: e.names[2],
                 payload,
+                ordering_key,
             });
             crate::wake::note_event_written();
         }
@@ -382,6 +434,33 @@ unsafe fn compile(trigger: &pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled 
             let text = CString::new(text.as_str()).expect("names have no NUL");
             compiled.names[i] = pg_sys::Datum::from(pg_sys::cstring_to_text(text.as_ptr()));
         }
+        let whole_trigger = || OrderKey::Trigger(pg_sys::Datum::from(pg_sys::cstring_to_text(c"".as_ptr())));
+        compiled.order = match def.ordering {
+            Ordering::None => OrderKey::None,
+            Ordering::Trigger => whole_trigger(),
+            Ordering::Key => {
+                let cols: Vec<(i16, pg_sys::Oid)> = catalog::key_attnums(rel)
+                    .into_iter()
+                    .map(|attnum| {
+                        let att = tupdesc.get(attnum as usize - 1).unwrap();
+                        let (mut output, mut varlena) = (pg_sys::Oid::INVALID, false);
+                        pg_sys::getTypeOutputInfo(att.atttypid, &mut output, &mut varlena);
+                        (attnum, output)
+                    })
+                    .collect();
+                if cols.is_empty() {
+                    // The key was dropped since the trigger was made: order
+                    // the whole trigger rather than not at all.
+                    warning!(
+                        "pg_webhooks: {} has no primary key or replica identity index any more; event trigger \"{name}\" delivers its events one at a time",
+                        relation_name(rel)
+                    );
+                    whole_trigger()
+                } else {
+                    OrderKey::Key(cols)
+                }
+            }
+        };
         pg_sys::MemoryContextSwitchTo(saved);
         compiled
     }
@@ -410,6 +489,7 @@ impl Compiled {
                 delete: None,
                 watched: Vec::new(),
                 names: [pg_sys::Datum::from(0); 3],
+                order: OrderKey::None,
                 cxt,
             }
         }

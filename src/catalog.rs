@@ -177,6 +177,50 @@ pub fn extension_owner() -> pg_sys::Oid {
 /// is, the transaction also holds a lock on it, so that a concurrent DROP
 /// EXTENSION waits for the round to finish instead of pulling the tables
 /// from under it.
+/// The columns that identify a row of `rel` for ordered delivery: its
+/// primary key, else its replica identity index; empty when it has neither
+/// (REPLICA IDENTITY FULL or NOTHING without a primary key).
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn key_attnums(rel: pg_sys::Relation) -> Vec<i16> {
+    let mut out = Vec::new();
+    for kind in [
+        pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
+        pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_IDENTITY_KEY,
+    ] {
+        // SAFETY: the relcache computes (and copies) the bitmap for an open
+        // relation; members are offset by FirstLowInvalidHeapAttributeNumber.
+        unsafe {
+            let set = pg_sys::RelationGetIndexAttrBitmap(rel, kind);
+            let mut m = -1;
+            loop {
+                m = pg_sys::bms_next_member(set, m);
+                if m < 0 {
+                    break;
+                }
+                out.push((m + pg_sys::FirstLowInvalidHeapAttributeNumber) as i16);
+            }
+        }
+        if !out.is_empty() {
+            break;
+        }
+    }
+    out
+}
+
+/// [`key_attnums`] of the table `relid` (locked by the caller).
+pub fn key_attnums_of(relid: pg_sys::Oid) -> Vec<i16> {
+    // SAFETY: the table is locked by the caller; the relation is opened
+    // without another lock and closed before returning.
+    unsafe {
+        let rel = pg_sys::relation_open(relid, pg_sys::NoLock as pg_sys::LOCKMODE);
+        let attnums = key_attnums(rel);
+        pg_sys::relation_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        attnums
+    }
+}
+
 /// The current database's name.
 pub fn database_name() -> String {
     // SAFETY: a catalog lookup of the backend's own database; the name is

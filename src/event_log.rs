@@ -46,7 +46,8 @@ macro_rules! pending {
 // ---- Appending --------------------------------------------------------------
 
 /// The columns of `webhooks.event_log` an append fills. Others (there are
-/// none in this version) are left NULL.
+/// none in this version) are left NULL, as is `ordering_key` of events
+/// without one.
 #[derive(Clone, Copy, PartialEq)]
 enum Col {
     Id,
@@ -61,6 +62,7 @@ enum Col {
     CreatedAt,
     Locked,
     NextRetryAt,
+    OrderingKey,
     Unknown,
 }
 
@@ -79,6 +81,7 @@ impl Col {
             "created_at" => (Col::CreatedAt, pg_sys::TIMESTAMPTZOID),
             "locked" => (Col::Locked, pg_sys::TIMESTAMPTZOID),
             "next_retry_at" => (Col::NextRetryAt, pg_sys::TIMESTAMPTZOID),
+            "ordering_key" => (Col::OrderingKey, pg_sys::TEXTOID),
             _ => (Col::Unknown, pg_sys::InvalidOid),
         }
     }
@@ -92,6 +95,8 @@ pub struct Event {
     pub schema_name: pg_sys::Datum,
     pub table_name: pg_sys::Datum,
     pub payload: pg_sys::Datum,
+    /// A text datum: the key of an ordered trigger's event, else None.
+    pub ordering_key: Option<pg_sys::Datum>,
 }
 
 /// `webhooks.event_log`, open for inserts.
@@ -243,7 +248,8 @@ impl Open {
                     Col::Delivered | Col::Error | Col::Archived => false.into(),
                     Col::Tries => 0i32.into(),
                     Col::CreatedAt | Col::NextRetryAt => now.into(),
-                    Col::Locked | Col::Unknown => {
+                    Col::OrderingKey if event.ordering_key.is_some() => event.ordering_key.expect("checked"),
+                    Col::OrderingKey | Col::Locked | Col::Unknown => {
                         nulls[i] = true;
                         pg_sys::Datum::from(0)
                     }
@@ -468,7 +474,14 @@ pub fn append_named(id: pgrx::Uuid, trigger: &str, schema: &str, table: &str, pa
         // which outlives the append below.
         pg_sys::Datum::from(unsafe { pg_sys::cstring_to_text(c.as_ptr()) })
     };
-    append(&Event { id, trigger_name: text(trigger), schema_name: text(schema), table_name: text(table), payload });
+    append(&Event {
+        id,
+        trigger_name: text(trigger),
+        schema_name: text(schema),
+        table_name: text(table),
+        payload,
+        ordering_key: None,
+    });
 }
 
 // ---- What the worker does to events ---------------------------------------
@@ -532,6 +545,16 @@ fn plan(
     kept
 }
 
+/// Whether `webhooks.event_log` has 0.3.0's `ordering_key`.
+pub fn has_ordering_key() -> bool {
+    spi(Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                        WHERE attrelid OPERATOR(pg_catalog.=) 'webhooks.event_log'::pg_catalog.regclass
+                          AND attname OPERATOR(pg_catalog.=) 'ordering_key' AND NOT attisdropped)",
+    ))
+    .unwrap_or(false)
+}
+
 /// Locks left by a worker that died: at start, every lock is stale.
 pub fn release_stale_locks() -> i64 {
     spi(Spi::get_one::<i64>(
@@ -563,6 +586,63 @@ const CLAIM: &str = concat!(
                            pg_catalog.to_json(e.created_at) #>> '{}', e.next_retry_at"
 );
 
+/// The claim of ordered triggers (see [`claim_ordered`]).
+const CLAIM_ORDERED: &str = concat!(
+    "WITH lim AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS l(name, n)),
+                 due AS (
+                     SELECT d.id FROM lim CROSS JOIN LATERAL (
+                         SELECT e.id FROM webhooks.event_log e
+                         WHERE e.trigger_name = lim.name
+                           AND ",
+    pending!(),
+    " AND e.locked IS NULL
+                           AND e.next_retry_at <= pg_catalog.now()
+                           AND (e.ordering_key IS NULL OR NOT EXISTS (
+                               SELECT FROM webhooks.event_log p
+                               WHERE p.trigger_name = e.trigger_name AND p.ordering_key = e.ordering_key
+                                 AND p.ordering_key IS NOT NULL
+                                 AND NOT p.delivered AND NOT p.error AND NOT p.archived
+                                 AND p.id < e.id))
+                         ORDER BY e.next_retry_at, e.id
+                         LIMIT lim.n
+                         FOR UPDATE SKIP LOCKED) d)
+                 UPDATE webhooks.event_log e SET locked = pg_catalog.now()
+                 FROM due WHERE e.id = due.id
+                 RETURNING e.id, e.trigger_name, e.schema_name, e.table_name, e.payload::text, e.tries,
+                           pg_catalog.to_json(e.created_at) #>> '{}', e.next_retry_at"
+);
+
+/// Claims due events of ordered triggers: up to `limits[i]` of trigger
+/// `names[i]`, each the first pending event of its `ordering_key` (an
+/// earlier one in flight, waiting for a retry or not yet committed to
+/// delivered holds it back), and events without a key (MANUAL ones).
+pub fn claim_ordered(names: Vec<String>, limits: Vec<i32>) -> Vec<Claimed> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    Spi::connect_mut(|c| {
+        let claim = plan(c, CLAIM_ORDERED, &[pg_sys::TEXTARRAYOID, pg_sys::INT4ARRAYOID]);
+        let rows =
+            spi(c.update(&*claim, None, &[names.into(), limits.into()]).map(Some)).expect("update returns a table");
+        let mut out: Vec<Claimed> = rows.into_iter().map(|r| claimed_row(&r)).collect();
+        out.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
+        out
+    })
+}
+
+fn claimed_row(r: &pgrx::spi::SpiHeapTupleData) -> Claimed {
+    Claimed {
+        id: spi(r.get::<pgrx::Uuid>(1)).expect("id is the primary key"),
+        trigger: spi(r.get::<String>(2)).unwrap_or_default(),
+        schema: spi(r.get::<String>(3)).unwrap_or_default(),
+        table: spi(r.get::<String>(4)).unwrap_or_default(),
+        event: spi(r.get::<String>(5)).unwrap_or_default(),
+        tries: spi(r.get::<i32>(6)).unwrap_or_default(),
+        created_at: spi(r.get::<String>(7)).unwrap_or_default(),
+        due: spi(r.get::<pgrx::datum::TimestampWithTimeZone>(8)).expect("next_retry_at is NOT NULL"),
+    }
+}
+
 /// Claims due events: up to `limits[i]` of trigger `names[i]`, oldest due
 /// first, after `cursors[i]` when given, skipping rows another transaction
 /// holds. The cursor lets a long backlog be drained without rescanning the
@@ -588,19 +668,7 @@ pub fn claim(names: Vec<String>, limits: Vec<i32>, cursors: Vec<Option<Cursor>>)
         let rows =
             spi(c.update(&*claim, None, &[names.into(), limits.into(), after_due.into(), after_id.into()]).map(Some))
                 .expect("update returns a table");
-        let mut out: Vec<Claimed> = rows
-            .into_iter()
-            .map(|r| Claimed {
-                id: spi(r.get::<pgrx::Uuid>(1)).expect("id is the primary key"),
-                trigger: spi(r.get::<String>(2)).unwrap_or_default(),
-                schema: spi(r.get::<String>(3)).unwrap_or_default(),
-                table: spi(r.get::<String>(4)).unwrap_or_default(),
-                event: spi(r.get::<String>(5)).unwrap_or_default(),
-                tries: spi(r.get::<i32>(6)).unwrap_or_default(),
-                created_at: spi(r.get::<String>(7)).unwrap_or_default(),
-                due: spi(r.get::<pgrx::datum::TimestampWithTimeZone>(8)).expect("next_retry_at is NOT NULL"),
-            })
-            .collect();
+        let mut out: Vec<Claimed> = rows.into_iter().map(|r| claimed_row(&r)).collect();
         // Best-effort order: the oldest due first, then by id.
         out.sort_by(|a, b| a.due.cmp(&b.due).then_with(|| a.id.as_bytes().cmp(b.id.as_bytes())));
         out
@@ -609,7 +677,10 @@ pub fn claim(names: Vec<String>, limits: Vec<i32>, cursors: Vec<Option<Cursor>>)
 
 /// When the next pending, unlocked event of these triggers is due, in
 /// seconds from now (negative when already due); None when there is none.
-pub fn seconds_until_next_due(names: Vec<String>) -> Option<f64> {
+/// With `future_only`, only events due later than now count: an ordered
+/// trigger's due events wait for the one ahead of them, whose outcome (not
+/// the clock) lets them go.
+pub fn seconds_until_next_due(names: Vec<String>, future_only: bool) -> Option<f64> {
     if names.is_empty() {
         return None;
     }
@@ -618,8 +689,9 @@ pub fn seconds_until_next_due(names: Vec<String>) -> Option<f64> {
          FROM pg_catalog.unnest($1::text[]) AS t(name) CROSS JOIN LATERAL (
              SELECT e.next_retry_at FROM webhooks.event_log e
              WHERE e.trigger_name = t.name AND ", pending!(), " AND e.locked IS NULL
+               AND (NOT $2 OR e.next_retry_at > pg_catalog.clock_timestamp())
              ORDER BY e.next_retry_at, e.id LIMIT 1) n"),
-        &[names.into()],
+        &[names.into(), future_only.into()],
     ))
 }
 

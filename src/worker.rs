@@ -11,14 +11,14 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use webhooks_core::body::WebhookBody;
-use webhooks_core::definition::{Definition, RetryConf, Throttle};
+use webhooks_core::definition::{Definition, Ordering, RetryConf, Throttle};
 use webhooks_core::env_policy::EnvPolicy;
 use webhooks_core::http::{set_tls, Attempt, Client, Outcome, SharedTls};
 use webhooks_core::pool::Pool;
@@ -44,25 +44,25 @@ pub extern "C-unwind" fn pg_webhooks_worker_main(arg: pg_sys::Datum) {
     // SAFETY: registers a callback for the life of the process; its
     // argument is the slot index, checked above.
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), arg) };
-    let database = pg_sys::Oid::from(slot.database.load(Ordering::Acquire));
+    let database = pg_sys::Oid::from(slot.database.load(AtomicOrdering::Acquire));
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     slot.register_worker();
     let (installed, name) =
         BackgroundWorker::transaction(|| (catalog::extension_installed(), catalog::database_name()));
     if !installed {
         debug1!("pg_webhooks: database \"{name}\" has no pg_webhooks extension; nothing to deliver there");
-        slot.state.store(shmem::state::ABSENT, Ordering::Release);
+        slot.state.store(shmem::state::ABSENT, AtomicOrdering::Release);
         // SAFETY: ends the process, as a background worker does.
         unsafe { pg_sys::proc_exit(0) };
     }
-    slot.state.store(shmem::state::SERVING, Ordering::Release);
+    slot.state.store(shmem::state::SERVING, AtomicOrdering::Release);
     log!("pg_webhooks: delivery worker started for database \"{name}\"");
     let mut worker = Worker::new(slot);
     match worker.run() {
         Stop::Terminated => log!("pg_webhooks: delivery worker for database \"{name}\" stopped"),
         Stop::Dropped => {
             log!("pg_webhooks: the extension was dropped from database \"{name}\"; its delivery worker stops");
-            slot.state.store(shmem::state::ABSENT, Ordering::Release);
+            slot.state.store(shmem::state::ABSENT, AtomicOrdering::Release);
         }
     }
     // Whatever the reason, the launcher decides what comes next: a new
@@ -117,6 +117,9 @@ struct Lane {
     cursor: Option<(event_log::Cursor, Instant)>,
     /// Whether its endpoint answers.
     health: Health,
+    /// `"ordering": "trigger"`: the event ahead failed and waits for its
+    /// retry until then; nothing is claimed before.
+    held_until: Option<Instant>,
 }
 
 /// Endpoint failures ([`retry::is_endpoint_failure`]) in a row after which
@@ -144,7 +147,7 @@ struct Down {
 
 impl Lane {
     fn new(version: String, def: Definition, env_policy: EnvPolicy) -> Lane {
-        Lane { version, def, env_policy, maybe_more: true, cursor: None, health: Health::default() }
+        Lane { version, def, env_policy, maybe_more: true, cursor: None, health: Health::default(), held_until: None }
     }
 
     /// The endpoint is down and the next probe is due.
@@ -318,7 +321,7 @@ impl Worker {
                 }
                 self.send();
             }
-            self.shared.in_flight.store(self.in_flight.len() as i64, Ordering::Relaxed);
+            self.shared.in_flight.store(self.in_flight.len() as i64, AtomicOrdering::Relaxed);
             self.apply_retention();
             woken = if self.lanes.keys().any(|t| self.wants_more(t)) { true } else { self.wait(self.sleep_time()) };
         }
@@ -340,7 +343,7 @@ impl Worker {
     /// They bump the counter before they set the latch, so a wake-up is
     /// never lost between a latch reset and this check.
     fn new_wakeups(&mut self) -> bool {
-        let wakes = self.shared.wake_requests.load(Ordering::Acquire);
+        let wakes = self.shared.wake_requests.load(AtomicOrdering::Acquire);
         let new = wakes != self.seen_wakes;
         self.seen_wakes = wakes;
         new
@@ -396,7 +399,7 @@ impl Worker {
         };
         drain(self.wake_fd);
         // SAFETY: reads the clock.
-        self.shared.last_wakeup.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
+        self.shared.last_wakeup.store(unsafe { pg_sys::GetCurrentTimestamp() }, AtomicOrdering::Relaxed);
         pgrx::check_for_interrupts!();
         rc & pg_sys::WL_TIMEOUT as i32 != 0
     }
@@ -559,29 +562,46 @@ impl Worker {
     /// Claims due events for every lane with room, prepares their requests
     /// (sent after the commit), and works out when to look again.
     fn claim(&mut self) {
-        let mut names = Vec::new();
-        let mut limits = Vec::new();
-        let mut cursors = Vec::new();
+        // Unordered lanes, with their cursors; ordered lanes apart.
+        let (mut names, mut limits, mut cursors) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ordered, mut ordered_limits) = (Vec::new(), Vec::new());
         let now = Instant::now();
         for (name, lane) in &mut self.lanes {
             lane.cursor = lane.cursor.filter(|(_, since)| since.elapsed() < CURSOR_LIFETIME);
-            if lane.health.down.is_some() {
+            let is_ordered = lane.def.ordering != Ordering::None;
+            let limit = if lane.health.down.is_some() {
                 // One probe, when it is due; nothing else.
-                if lane.probe_due(now) {
-                    names.push(name.clone());
-                    limits.push(1);
-                    cursors.push(None);
+                if !lane.probe_due(now) {
+                    continue;
                 }
-                continue;
-            }
-            let room = room(&self.pool, name, &lane.def.throttle);
-            if lane.maybe_more && room > 0 {
+                1
+            } else {
+                let room = room(&self.pool, name, &lane.def.throttle);
+                if !lane.maybe_more || room == 0 {
+                    continue;
+                }
+                // "trigger": one at a time, and not while the event ahead
+                // waits for its retry.
+                if lane.def.ordering == Ordering::Trigger
+                    && (self.pool.load(name) > 0 || lane.held_until.is_some_and(|t| now < t))
+                {
+                    continue;
+                }
+                room as i32
+            };
+            if is_ordered {
+                ordered.push(name.clone());
+                ordered_limits.push(limit);
+            } else {
                 names.push(name.clone());
-                limits.push(room as i32);
-                cursors.push(lane.cursor.map(|(c, _)| c));
+                limits.push(limit);
+                cursors.push(if lane.health.down.is_some() { None } else { lane.cursor.map(|(c, _)| c) });
             }
         }
-        let claimed = event_log::claim(names.clone(), limits.clone(), cursors);
+        let mut claimed = event_log::claim(names.clone(), limits.clone(), cursors);
+        claimed.extend(event_log::claim_ordered(ordered.clone(), ordered_limits.clone()));
+        names.extend(ordered);
+        limits.extend(ordered_limits);
         let mut got: HashMap<String, usize> = HashMap::new();
         let mut last: HashMap<String, event_log::Cursor> = HashMap::new();
         for event in claimed {
@@ -601,18 +621,32 @@ impl Worker {
             }
             let full = got.get(name).copied().unwrap_or(0) >= *limit as usize;
             lane.maybe_more = full;
-            lane.cursor = match (full, last.remove(name)) {
-                (true, Some(cursor)) => Some((cursor, lane.cursor.map_or_else(Instant::now, |(_, since)| since))),
+            lane.cursor = match (full, last.remove(name), lane.def.ordering) {
+                (true, Some(cursor), Ordering::None) => {
+                    Some((cursor, lane.cursor.map_or_else(Instant::now, |(_, since)| since)))
+                }
                 _ => None,
             };
         }
         // Nothing more to claim now: sleep until the next retry falls due
-        // (lanes whose endpoint is down wait for their probe instead).
+        // (lanes whose endpoint is down wait for their probe instead; an
+        // ordered lane's due events that wait for the one ahead are claimed
+        // when its outcome is recorded, so only its future retries count).
         self.next_due = if self.lanes.values().all(|l| !l.maybe_more || l.health.down.is_some()) {
-            event_log::seconds_until_next_due(
-                self.lanes.iter().filter(|(_, l)| l.health.down.is_none()).map(|(n, _)| n.clone()).collect(),
-            )
-            .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)))
+            let up = |ordered: bool| -> Vec<String> {
+                self.lanes
+                    .iter()
+                    .filter(|(_, l)| l.health.down.is_none() && (l.def.ordering != Ordering::None) == ordered)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            };
+            let unordered = event_log::seconds_until_next_due(up(false), false);
+            let ordered = event_log::seconds_until_next_due(up(true), true);
+            [unordered, ordered]
+                .into_iter()
+                .flatten()
+                .reduce(f64::min)
+                .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)))
         } else {
             None
         };
@@ -712,9 +746,20 @@ impl Worker {
                     health::mark_up(&f.trigger);
                 }
             }
+            if let Some(lane) = self.lanes.get_mut(&f.trigger) {
+                if lane.def.ordering != Ordering::None {
+                    // The events behind this one may be claimed now (or,
+                    // for "trigger", once its retry is due).
+                    lane.maybe_more = true;
+                    lane.held_until = match verdict {
+                        Verdict::Retry(d) => Some(Instant::now() + d),
+                        _ => None,
+                    };
+                }
+            }
             match verdict {
                 Verdict::Delivered => {
-                    self.shared.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.shared.delivered.fetch_add(1, AtomicOrdering::Relaxed);
                 }
                 Verdict::Retry(d) => debug1!(
                     "pg_webhooks: event {} of trigger \"{}\" failed ({}); retry in {:.1}s",
@@ -724,7 +769,7 @@ impl Worker {
                     d.as_secs_f64()
                 ),
                 Verdict::Failed => {
-                    self.shared.failed.fetch_add(1, Ordering::Relaxed);
+                    self.shared.failed.fetch_add(1, AtomicOrdering::Relaxed);
                     log!(
                         "pg_webhooks: event {} of trigger \"{}\" failed after {} attempts ({})",
                         f.event_id,

@@ -152,6 +152,31 @@ pub struct Definition {
     pub signing: Option<Signing>,
     /// Limits on this trigger's requests, when asked for.
     pub throttle: Throttle,
+    /// In what order its events are delivered.
+    pub ordering: Ordering,
+}
+
+/// `"ordering"`: which events wait for which.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ordering {
+    /// Concurrently, in no promised order.
+    #[default]
+    None,
+    /// Events of the same row (its primary key, or replica identity index)
+    /// one at a time, in the order they were written; rows concurrently.
+    Key,
+    /// Every event of the trigger one at a time, in the order written.
+    Trigger,
+}
+
+impl Ordering {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ordering::None => "none",
+            Ordering::Key => "key",
+            Ordering::Trigger => "trigger",
+        }
+    }
 }
 
 /// `"throttle"`: at most `max_concurrency` requests of the trigger in flight
@@ -260,6 +285,7 @@ impl Definition {
             }),
         );
         m.insert("enable_manual".into(), json!(self.enable_manual));
+        m.insert("ordering".into(), json!(self.ordering.as_str()));
         if self.throttle != Throttle::default() {
             let mut t = Map::new();
             if let Some(n) = self.throttle.max_concurrency {
@@ -348,6 +374,7 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
             "signing_secret",
             "signing_secret_from_env",
             "throttle",
+            "ordering",
         ];
         if !KNOWN.contains(&key.as_str()) {
             return Err(unknown_key("", key, KNOWN));
@@ -397,6 +424,18 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
     let signing = parse_signing(obj.get("signing_secret"), obj.get("signing_secret_from_env"), ctx, check_env)?;
     parse_source(obj.get("source"))?;
     let throttle = parse_throttle(obj.get("throttle"))?;
+    let ordering = match obj.get("ordering") {
+        None | Some(Value::Null) => Ordering::None,
+        Some(Value::String(s)) if s == "none" => Ordering::None,
+        Some(Value::String(s)) if s == "key" => Ordering::Key,
+        Some(Value::String(s)) if s == "trigger" => Ordering::Trigger,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "invalid value for key \"ordering\": expected \"none\", \"key\" or \"trigger\", got {}",
+                describe(other)
+            )))
+        }
+    };
 
     if insert.is_none() && update.is_none() && delete.is_none() && !enable_manual {
         return Err(ApiError::invalid(
@@ -418,6 +457,7 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
             enable_manual,
             signing,
             throttle,
+            ordering,
         },
         replace,
     })
@@ -968,7 +1008,8 @@ mod tests {
                 "insert": {"columns": "*", "payload": "*"},
                 "headers": [],
                 "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60, "backoff": "fixed", "max_interval_sec": 3600},
-                "enable_manual": true
+                "enable_manual": true,
+                "ordering": "none"
             })
         );
     }
@@ -1203,6 +1244,24 @@ mod tests {
         assert!(e.message.starts_with("invalid value for key \"headers\""), "{}", e.message);
         let e = err(with("headers", json!([{"name": "X-A", "value": 1}])));
         assert!(e.message.contains("expected a string"), "{}", e.message);
+    }
+
+    #[test]
+    fn ordering_rules() {
+        assert_eq!(parse(base()).unwrap().definition.ordering, Ordering::None);
+        assert_eq!(parse(base()).unwrap().definition.to_json()["ordering"], "none");
+        for (v, want) in [("none", Ordering::None), ("key", Ordering::Key), ("trigger", Ordering::Trigger)] {
+            let d = parse(with("ordering", json!(v))).unwrap().definition;
+            assert_eq!(d.ordering, want);
+            assert_eq!(Definition::from_stored(&d.to_json()).unwrap().ordering, want);
+        }
+        for v in [json!("fifo"), json!(1), json!(true)] {
+            let e = err(with("ordering", v));
+            assert_eq!(e.state, SqlState::InvalidParameterValue);
+            assert!(e
+                .message
+                .starts_with("invalid value for key \"ordering\": expected \"none\", \"key\" or \"trigger\""));
+        }
     }
 
     #[test]

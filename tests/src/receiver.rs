@@ -9,6 +9,7 @@
 //! | `/retry-after-secs/N/...` | 503 with `Retry-After: N` |
 //! | `/retry-after-date/N/...` | 503 with `Retry-After:` an HTTP date N s ahead |
 //! | `/fail-first/K/...` | 500 for the first K requests of each `webhook-id`, then 200 |
+//! | `/reject-first/K/...` | 409 (a failure that is not the endpoint's) for the first K requests of each `webhook-id`, then 200 |
 //! | `/hang/...` | never answers (until the receiver stops) |
 //! | `/slow/MS/...` | 200 after MS milliseconds |
 //! | `/trickle/...` | a 200 whose body comes one byte every 200 ms, 100 bytes |
@@ -275,6 +276,13 @@ fn answer(
         "fail-first" => {
             if attempt_of_event as u64 <= num(1) {
                 respond(out, 500, "", "failing")
+            } else {
+                respond(out, 200, "", "ok")
+            }
+        }
+        "reject-first" => {
+            if attempt_of_event as u64 <= num(1) {
+                respond(out, 409, "", "not yet")
             } else {
                 respond(out, 200, "", "ok")
             }

@@ -68,6 +68,7 @@ fn create_returns_and_stores_the_normalized_definition() {
         "insert": {"columns": "*", "payload": "*"},
         "headers": [],
         "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60, "backoff": "fixed", "max_interval_sec": 3600},
+        "ordering": "none",
         "enable_manual": true
     });
     assert_eq!(got, want);
@@ -100,6 +101,7 @@ fn every_key_is_accepted_and_kept() {
         "retry_conf": {"num_retries": 3, "interval_sec": 1, "timeout_sec": 5, "backoff": "exponential", "max_interval_sec": 60},
         "replace": false,
         "enable_manual": false,
+        "ordering": "key",
         "source": "default"
     });
     let got = create(&mut c, args.clone());
