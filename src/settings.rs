@@ -236,8 +236,39 @@ pub fn max_workers() -> usize {
     MAX_WORKERS.get().clamp(1, crate::shmem::MAX_WORKERS as i32) as usize
 }
 
+/// The worker's open file limit, once it has raised it (0: not known).
+static OPEN_FILE_LIMIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Records the worker's open file limit, which bounds its connections.
+pub fn set_open_file_limit(n: usize) {
+    OPEN_FILE_LIMIT.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `webhooks.max_concurrent_deliveries`, within what the worker's open file
+/// limit leaves after a margin for the server's own files (a WARNING says
+/// so when the setting is cut).
 pub fn max_concurrent() -> usize {
-    MAX_CONCURRENT.get().max(1) as usize
+    let wanted = MAX_CONCURRENT.get().max(1) as usize;
+    match OPEN_FILE_LIMIT.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => wanted,
+        limit => {
+            // What the worker's own PostgreSQL side keeps open (relations,
+            // WAL, the latch's epoll set, the wake-up pipe) stays far below
+            // this margin.
+            let room = limit.saturating_sub(256).max(1);
+            if wanted > room {
+                static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    pgrx::warning!(
+                        "pg_webhooks: webhooks.max_concurrent_deliveries = {wanted} is more connections than the open file limit ({limit}) leaves; {room} are used. Raise the limit (LimitNOFILE, ulimit -n) to use more"
+                    );
+                }
+                room
+            } else {
+                wanted
+            }
+        }
+    }
 }
 
 pub fn max_concurrent_per_trigger() -> usize {

@@ -37,6 +37,12 @@ use crate::{catalog, definitions, event_log, health, settings};
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_webhooks_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // A background worker ignores SIGHUP until its handler is set: a reload
+    // between the postmaster's fork and here is lost, and the worker would
+    // keep the configuration it was forked with. Read it once now.
+    // SAFETY: on the main thread, before any transaction, as PostgreSQL's
+    // own processes do on SIGHUP.
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     let shared = shmem::shared().expect("the worker only runs when preloaded");
     let Some(slot) = shared.slots.get(arg.value()) else {
         error!("pg_webhooks: delivery worker started for slot {} of {}", arg.value(), shmem::MAX_WORKERS)
@@ -57,6 +63,7 @@ pub extern "C-unwind" fn pg_webhooks_worker_main(arg: pg_sys::Datum) {
     }
     slot.state.store(shmem::state::SERVING, AtomicOrdering::Release);
     log!("pg_webhooks: delivery worker started for database \"{name}\"");
+    raise_open_file_limit();
     let mut worker = Worker::new(slot);
     match worker.run() {
         Stop::Terminated => log!("pg_webhooks: delivery worker for database \"{name}\" stopped"),
@@ -71,6 +78,31 @@ pub extern "C-unwind" fn pg_webhooks_worker_main(arg: pg_sys::Datum) {
     // delivery for good.
     // SAFETY: ends the process, as a background worker does.
     unsafe { pg_sys::proc_exit(0) };
+}
+
+/// Every connection to a webhook is a file descriptor, on top of the
+/// server's own: the soft limit (often 1,024) is raised to the hard limit,
+/// so that `webhooks.max_concurrent_deliveries` connections fit. The
+/// connections the pool may open are capped below what is left
+/// ([`settings::max_concurrent`]).
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct given, for
+    // this process only.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = lim.rlim_max.min(1 << 20);
+        if lim.rlim_cur < want {
+            let raised = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                debug1!("pg_webhooks: open file limit raised from {} to {want}", lim.rlim_cur);
+                lim.rlim_cur = want;
+            }
+        }
+    }
+    settings::set_open_file_limit(lim.rlim_cur as usize);
 }
 
 /// Runs as the worker's process exits, however it exits (an ERROR, FATAL

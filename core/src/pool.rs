@@ -34,6 +34,8 @@ struct PoolState {
     next_lane: usize,
     per_lane: usize,
     notify_every: usize,
+    /// Attempts that may be on the wire at once, all lanes (the threads).
+    capacity: usize,
     /// A lane whose endpoint failed this many attempts in a row stops
     /// sending its queue until [`Pool::clear_failures`]: the worker, which
     /// sees the same outcomes, decides what comes next.
@@ -110,20 +112,34 @@ impl PoolState {
 
     /// Whether some lane has an attempt a thread may send now.
     fn has_work(&self, now: Instant) -> bool {
-        self.lanes
-            .iter()
-            .any(|l| l.has_room(self.per_lane) && l.failures < self.halt_after && l.paced_until(now).is_none())
+        let share = self.fair_share();
+        self.lanes.iter().any(|l| self.may_send(l, share, now))
+    }
+
+    /// What one lane may have on the wire while others want to send too:
+    /// the capacity shared evenly by the lanes with work (queued or on the
+    /// wire), so that slow or hanging webhooks cannot take every slot from
+    /// a healthy one. Alone, a lane has `per_lane` (or its own limit).
+    fn fair_share(&self) -> usize {
+        let active = self.lanes.iter().filter(|l| l.running > 0 || !l.queued.is_empty()).count().max(1);
+        (self.capacity / active).max(1)
+    }
+
+    /// Whether lane `l` may put another attempt on the wire now.
+    fn may_send(&self, l: &LaneState, share: usize, now: Instant) -> bool {
+        l.has_room(self.per_lane) && l.running < share && l.failures < self.halt_after && l.paced_until(now).is_none()
     }
 
     /// The next attempt a thread may send, with its lane's index; else the
     /// earliest time a lane's rate lets one start, if a lane waits for it.
     fn take(&mut self, now: Instant) -> Result<(usize, Attempt), Option<Instant>> {
         let n = self.lanes.len();
+        let share = self.fair_share();
         let mut earliest: Option<Instant> = None;
         for k in 0..n {
             let i = (self.next_lane + k) % n;
             let lane = &mut self.lanes[i];
-            if !lane.has_room(self.per_lane) || lane.failures >= self.halt_after {
+            if !lane.has_room(self.per_lane) || lane.running >= share || lane.failures >= self.halt_after {
                 continue;
             }
             if let Some(t) = lane.paced_until(now) {
@@ -149,6 +165,7 @@ impl Pool {
             per_lane: per_lane.max(1),
             notify_every: 64,
             halt_after: usize::MAX,
+            capacity: 0,
             outcomes: Vec::new(),
             closed: false,
             idle: 0,
@@ -243,6 +260,9 @@ impl Pool {
             self.threads += 1;
         }
         restore_signals(&saved);
+        if let Ok(mut st) = self.shared.0.lock() {
+            st.capacity = self.threads;
+        }
     }
 
     /// Sets how many attempts of one lane may be on the wire, and after how
@@ -327,6 +347,12 @@ impl Pool {
         lock.lock()
             .map(|st| st.lanes.iter().find(|l| l.name == lane).map_or(0, |l| l.queued.len() + l.running))
             .unwrap_or(0)
+    }
+
+    /// Attempts of `lane` on the wire.
+    pub fn running_in(&self, lane: &str) -> usize {
+        let (lock, _) = &*self.shared;
+        lock.lock().map(|st| st.lanes.iter().find(|l| l.name == lane).map_or(0, |l| l.running)).unwrap_or(0)
     }
 
     /// Attempts on the wire, all lanes.
@@ -585,6 +611,25 @@ mod tests {
         pool.clear_failures("down");
         assert_eq!(wait_outcomes(&pool, 3).len(), 3, "cleared: three more, then halted again");
         assert_eq!(pool.load("down"), 4);
+    }
+
+    #[test]
+    fn a_hanging_lane_cannot_drift_onto_every_thread() {
+        // Every thread that finishes a fast attempt takes the next lane in
+        // turn: without a fair share, the hanging lane would collect every
+        // thread (up to its per-lane limit of 6) and the fast lane starve.
+        let hang = TcpListener::bind("127.0.0.1:0").unwrap();
+        let hang_url = format!("http://{}/", hang.local_addr().unwrap());
+        let (fast_url, _) = recording_server();
+        let pool = Pool::new(6, 6, Client::new(100), Arc::new(|| {}));
+        pool.submit_all("fast", (100..20_100).map(|tag| Attempt { tag, ..attempt(&fast_url, 3000) }).collect());
+        pool.submit_all("hang", (0..20).map(|tag| Attempt { tag, ..attempt(&hang_url, 5000) }).collect());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(pool.load("fast") > 0, "the fast lane still has work");
+        assert!(pool.running_in("hang") <= 3, "the hanging lane holds {} of 6 threads", pool.running_in("hang"));
+        let fast = pool.outcomes().iter().filter(|o| o.tag >= 100 && o.status() == Some(200)).count();
+        assert!(fast >= 100, "the fast lane went on: {fast} delivered");
+        drop(hang);
     }
 
     #[test]
