@@ -154,7 +154,7 @@ struct Lane {
     held_until: Option<Instant>,
 }
 
-/// Endpoint failures ([`retry::is_endpoint_failure`]) in a row after which
+/// Endpoint failures ([`Outcome::is_endpoint_failure`]) in a row after which
 /// a trigger's endpoint is treated as down.
 const DOWN_AFTER: u32 = 5;
 /// The shortest wait between two probes of a down endpoint.
@@ -729,6 +729,7 @@ impl Worker {
                 error: Some(error),
                 started: SystemTime::now(),
                 duration: Duration::ZERO,
+                tried: false,
             });
             return;
         }
@@ -765,11 +766,11 @@ impl Worker {
             let mut verdict =
                 retry::classify(o.completed_status(), retry_after, f.tries_before, &f.retry, retry::random_unit());
             let happened = request::scrub_text(o.summary(), &f.secrets);
-            if retry::is_endpoint_failure(o.completed_status()) && verdict != Verdict::Gone {
+            if o.is_endpoint_failure() && verdict != Verdict::Gone {
                 if self.endpoint_failed(&f, &happened) {
                     verdict = Verdict::Held;
                 }
-            } else if let Some(lane) = self.lanes.get_mut(&f.trigger) {
+            } else if let Some(lane) = self.lanes.get_mut(&f.trigger).filter(|_| o.tried) {
                 // It answered: whatever it said, the endpoint is up.
                 lane.health.failures = 0;
                 if lane.health.down.take().is_some() {

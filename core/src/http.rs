@@ -52,9 +52,21 @@ pub struct Outcome {
     pub error: Option<String>,
     pub started: SystemTime,
     pub duration: Duration,
+    /// Whether the endpoint was tried at all: false when the destination
+    /// policy refused every address, or the request could not be made (an
+    /// environment variable missing). Such failures say nothing about the
+    /// endpoint's health.
+    pub tried: bool,
 }
 
 impl Outcome {
+    /// Whether this outcome says the endpoint itself is in trouble (see
+    /// [`crate::retry::is_endpoint_failure`]): only for an endpoint that
+    /// was tried.
+    pub fn is_endpoint_failure(&self) -> bool {
+        self.tried && crate::retry::is_endpoint_failure(self.completed_status())
+    }
+
     pub fn status(&self) -> Option<u16> {
         self.response.as_ref().map(|r| r.status)
     }
@@ -190,19 +202,24 @@ impl Client {
     pub fn send(&self, a: &Attempt) -> Outcome {
         let started = SystemTime::now();
         let t0 = Instant::now();
-        let (response, error) = match self.exchange(a) {
-            Ok((resp, read_error)) => (Some(resp), read_error),
-            Err(e) => (None, Some(e)),
+        let (response, error, tried) = match self.exchange(a) {
+            Ok((resp, read_error)) => (Some(resp), read_error, true),
+            Err((e, tried)) => (None, Some(e), tried),
         };
-        Outcome { tag: a.tag, response, error, started, duration: t0.elapsed() }
+        Outcome { tag: a.tag, response, error, started, duration: t0.elapsed(), tried }
     }
 
-    fn exchange(&self, a: &Attempt) -> Result<(Response, Option<String>), String> {
+    /// The exchange; an error says what failed and whether the endpoint was
+    /// tried (false: the destination policy refused it).
+    fn exchange(&self, a: &Attempt) -> Result<(Response, Option<String>), (String, bool)> {
         let mut req = self.agent(a.timeout).post(&a.url).header("Content-Type", "application/json");
         for (name, value) in &a.headers {
             req = req.header(name, value);
         }
-        let mut resp = req.send(a.body.as_bytes()).map_err(|e| describe_error(e, &a.url))?;
+        let mut resp = req.send(a.body.as_bytes()).map_err(|e| {
+            let refused = matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied);
+            (describe_error(e, &a.url), !refused)
+        })?;
         let status = resp.status().as_u16();
         let headers: Vec<(String, String)> = resp
             .headers()
@@ -242,6 +259,33 @@ fn describe_error(e: ureq::Error, url: &str) -> String {
 }
 
 /// A server and an attempt for the tests of this module and of the pool.
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+
+    #[test]
+    fn only_tried_endpoints_fail_as_endpoints() {
+        let o = |status: Option<u16>, error: Option<&str>, tried: bool| Outcome {
+            tag: 0,
+            response: status.map(|s| Response {
+                status: s,
+                headers: vec![],
+                body: String::new(),
+                body_truncated: false,
+            }),
+            error: error.map(str::to_string),
+            started: SystemTime::now(),
+            duration: Duration::ZERO,
+            tried,
+        };
+        assert!(o(None, Some("connection failed: refused"), true).is_endpoint_failure());
+        assert!(o(Some(503), None, true).is_endpoint_failure());
+        assert!(o(Some(200), Some("timed out reading the response body"), true).is_endpoint_failure());
+        assert!(!o(Some(404), None, true).is_endpoint_failure());
+        assert!(!o(None, Some("environment variable \"X\" is not set"), false).is_endpoint_failure());
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_server {
     use super::*;
@@ -354,6 +398,8 @@ mod tests {
         let policy = SharedPolicy::default();
         *policy.write().unwrap() = crate::destination::NetPolicy::from_settings("", "127.0.0.0/8").0;
         let o = Client::with_policy(100, policy).send(&attempt(&url, 2000));
+        // A refusal says nothing about the endpoint's health.
+        assert!(!o.tried && !o.is_endpoint_failure());
         let e = o.error.unwrap();
         assert!(e.starts_with("not connected: destination 127.0.0.1 is refused by webhooks.deny_networks"), "{e}");
         assert!(o.response.is_none());

@@ -10,7 +10,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::http::{Attempt, Client, Outcome};
-use crate::retry::is_endpoint_failure;
 
 /// Threads that make attempts concurrently. Attempts are submitted to a
 /// lane (one per event trigger); at most `per_lane` attempts of one lane are
@@ -57,7 +56,7 @@ struct LaneState {
     /// spaced), and when the next start may come.
     spacing: Option<Duration>,
     next_start: Option<Instant>,
-    /// Endpoint failures in a row ([`is_endpoint_failure`]).
+    /// Endpoint failures in a row ([`Outcome::is_endpoint_failure`]).
     failures: usize,
 }
 
@@ -203,8 +202,11 @@ impl Pool {
                             if let Some((lane, outcome)) = done.take() {
                                 let l = &mut st.lanes[lane];
                                 l.running -= 1;
-                                l.failures =
-                                    if is_endpoint_failure(outcome.completed_status()) { l.failures + 1 } else { 0 };
+                                if outcome.is_endpoint_failure() {
+                                    l.failures += 1;
+                                } else if outcome.tried {
+                                    l.failures = 0;
+                                }
                                 st.outcomes.push(outcome);
                                 let n = st.outcomes.len();
                                 wake = n == 1 || n % st.notify_every == 0;
