@@ -11,6 +11,12 @@
 --       UPDATE webhooks.event_triggers SET owner = 'app_admin' WHERE name = '...';
 \echo Use "ALTER EXTENSION pg_webhooks UPDATE" to load this file. \quit
 
+-- The delivery worker writes the event tables and then reads the
+-- definitions in each round; this script changes all of them. Taking the
+-- locks first, in the worker's order, makes the worker wait for the update
+-- instead of deadlocking with it.
+LOCK TABLE webhooks.event_log, webhooks.event_invocation_logs, webhooks.event_triggers IN ACCESS EXCLUSIVE MODE;
+
 ALTER TABLE webhooks.event_triggers ADD COLUMN owner regrole;
 UPDATE webhooks.event_triggers
 SET owner = (SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_webhooks')::pg_catalog.regrole;
