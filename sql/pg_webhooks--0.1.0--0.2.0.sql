@@ -13,6 +13,12 @@
 -- webhooks.cleanup_event_logs() first if the logs are large.
 \echo Use "ALTER EXTENSION pg_webhooks UPDATE" to load this file. \quit
 
+-- The delivery worker locks the definitions and then the event tables at
+-- the start of each round (see src/event_log.rs, lock_for_round); this
+-- script changes them. Taking the same locks first, in the same order,
+-- makes the worker wait for the update instead of deadlocking with it.
+LOCK TABLE webhooks.event_triggers, webhooks.event_log, webhooks.event_invocation_logs IN ACCESS EXCLUSIVE MODE;
+
 COMMENT ON SCHEMA webhooks IS 'pg_webhooks: Hasura-style event triggers; row changes delivered to webhooks by a background worker';
 COMMENT ON TABLE webhooks.event_triggers IS 'One row per event trigger: its normalized definition; change it through webhooks.create_event_trigger';
 COMMENT ON TABLE webhooks.event_log IS 'One row per captured event; pending until delivered, error or archived';

@@ -11,11 +11,11 @@
 --       UPDATE webhooks.event_triggers SET owner = 'app_admin' WHERE name = '...';
 \echo Use "ALTER EXTENSION pg_webhooks UPDATE" to load this file. \quit
 
--- The delivery worker writes the event tables and then reads the
--- definitions in each round; this script changes all of them. Taking the
--- locks first, in the worker's order, makes the worker wait for the update
--- instead of deadlocking with it.
-LOCK TABLE webhooks.event_log, webhooks.event_invocation_logs, webhooks.event_triggers IN ACCESS EXCLUSIVE MODE;
+-- The delivery worker locks the definitions and then the event tables at
+-- the start of each round (see src/event_log.rs, lock_for_round); this
+-- script changes them. Taking the same locks first, in the same order,
+-- makes the worker wait for the update instead of deadlocking with it.
+LOCK TABLE webhooks.event_triggers, webhooks.event_log, webhooks.event_invocation_logs IN ACCESS EXCLUSIVE MODE;
 
 ALTER TABLE webhooks.event_triggers ADD COLUMN owner regrole;
 UPDATE webhooks.event_triggers

@@ -545,6 +545,19 @@ fn plan(
     kept
 }
 
+/// Takes the worker's locks for a round, in one fixed order: the
+/// definitions, then the event log and the invocation logs. A round reads
+/// the definitions and writes both event tables in an order that depends on
+/// what it has to do; `ALTER EXTENSION ... UPDATE` (whose scripts lock the
+/// same tables in the same order first) then waits for the round, or the
+/// round for it, instead of the two deadlocking.
+pub fn lock_for_round() {
+    spi(Spi::run(
+        "LOCK TABLE webhooks.event_triggers IN ACCESS SHARE MODE;
+         LOCK TABLE webhooks.event_log, webhooks.event_invocation_logs IN ROW EXCLUSIVE MODE",
+    ));
+}
+
 /// Whether `webhooks.event_log` has 0.3.0's `ordering_key`.
 pub fn has_ordering_key() -> bool {
     spi(Spi::get_one::<bool>(
@@ -566,8 +579,12 @@ pub fn release_stale_locks() -> i64 {
 
 /// The claim (see [`claim`]).
 const CLAIM: &str = concat!(
-    "WITH lim AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::uuid[])
-                                   AS l(name, n, after_due, after_id)),
+    "WITH lim AS (SELECT l.* FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::uuid[])
+                                   AS l(name, n, after_due, after_id)
+                  -- as of this statement's snapshot, not the round's
+                  -- earlier look at the definitions: a trigger paused by
+                  -- the transaction that wrote the event claims nothing
+                  JOIN webhooks.event_triggers t ON t.name = l.name AND NOT t.paused),
                  due AS (
                      SELECT d.id FROM lim CROSS JOIN LATERAL (
                          SELECT e.id FROM webhooks.event_log e
@@ -588,7 +605,8 @@ const CLAIM: &str = concat!(
 
 /// The claim of ordered triggers (see [`claim_ordered`]).
 const CLAIM_ORDERED: &str = concat!(
-    "WITH lim AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS l(name, n)),
+    "WITH lim AS (SELECT l.* FROM unnest($1::text[], $2::int4[]) AS l(name, n)
+                  JOIN webhooks.event_triggers t ON t.name = l.name AND NOT t.paused),
                  due AS (
                      SELECT d.id FROM lim CROSS JOIN LATERAL (
                          SELECT e.id FROM webhooks.event_log e

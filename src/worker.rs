@@ -448,6 +448,7 @@ impl Worker {
             if !catalog::extension_installed() {
                 return;
             }
+            event_log::lock_for_round();
             match event_log::cleanup(&retention) {
                 Ok(n) if n > 0 => log!("pg_webhooks: webhooks.retention = '{retention}' removed {n} finished events"),
                 Ok(_) => {}
@@ -501,6 +502,7 @@ impl Worker {
             self.oldest_outcome = None;
             return false;
         }
+        event_log::lock_for_round();
         if self.ready {
             return true;
         }
@@ -904,6 +906,7 @@ impl Worker {
             if !catalog::extension_installed() {
                 return;
             }
+            event_log::lock_for_round();
             let outcomes = std::mem::take(&mut self.outcomes);
             self.record(outcomes);
             let rest: Vec<pgrx::Uuid> = self.in_flight.values().map(|f| f.event_id).collect();
