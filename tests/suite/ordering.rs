@@ -198,11 +198,17 @@ fn a_worker_crash_repeats_at_most_the_event_in_flight_and_nothing_overtakes_it()
         c.query_one("SELECT 1", &[]).ok()?;
         Some(c)
     });
+    // The crash reset may come after the first query: reconnect if so.
     eventually(WAIT, "every event delivered after the crash", || {
-        let left: i64 = c
+        let left: i64 = match c
             .query_one("SELECT count(*) FROM webhooks.event_log WHERE trigger_name = 'crashkey' AND NOT delivered", &[])
-            .ok()?
-            .get(0);
+        {
+            Ok(row) => row.get(0),
+            Err(_) => {
+                c = postgres::Client::connect(&cluster.conn_str("postgres", "postgres"), postgres::NoTls).ok()?;
+                return None;
+            }
+        };
         (left == 0).then_some(())
     });
     let got = arrivals(&r, path);
