@@ -617,23 +617,16 @@ fn _archive_pending(name: &str) {
 
 fn drop_table_trigger(name: &str, schema: &str, table: &str) {
     let qualified = quote_qualified_identifier(schema, table);
-    let exists = spi(Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+    let relid = spi(Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
         &[qualified.as_str().into()],
     ));
-    if exists == Some(true) {
-        spi(Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {qualified}", quote_identifier(table_trigger_name(name)))));
-        for (op, _) in OPS {
-            let tg = op_trigger_name(name, op);
-            let exists = spi(Spi::get_one_with_args::<bool>(
-                "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                                WHERE tgrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass
-                                  AND tgname OPERATOR(pg_catalog.=) $2)",
-                &[qualified.as_str().into(), tg.as_str().into()],
-            ));
-            if exists == Some(true) {
-                spi(Spi::run(&format!("DROP TRIGGER {} ON {qualified}", quote_identifier(&tg))));
-            }
+    let Some(relid) = relid else { return };
+    let table = Table { oid: relid, qualified };
+    let names = std::iter::once(table_trigger_name(name)).chain(OPS.iter().map(|(op, _)| op_trigger_name(name, op)));
+    for tg in names {
+        if trigger_oid(&table, &tg).is_some() {
+            spi(Spi::run(&format!("DROP TRIGGER {} ON {}", quote_identifier(&tg), table.qualified)));
         }
     }
 }

@@ -223,14 +223,16 @@ pub fn key_attnums_of(relid: pg_sys::Oid) -> Vec<i16> {
 
 /// The current database's name.
 pub fn database_name() -> String {
-    // SAFETY: a catalog lookup of the backend's own database; the name is
-    // copied before the palloc'd string is left to the memory context.
+    // SAFETY: reads a backend global.
+    database_name_of(unsafe { pg_sys::MyDatabaseId }).unwrap_or_default()
+}
+
+/// The name of database `oid`, if it exists.
+pub fn database_name_of(oid: pg_sys::Oid) -> Option<String> {
+    // SAFETY: a catalog lookup; the palloc'd name is copied at once.
     unsafe {
-        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
-        if name.is_null() {
-            return String::new();
-        }
-        std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+        let name = pg_sys::get_database_name(oid);
+        (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned())
     }
 }
 

@@ -577,6 +577,17 @@ pub fn release_stale_locks() -> i64 {
     .unwrap_or(0)
 }
 
+/// The end of both claims: lock the events chosen in `due` and return the
+/// columns [`claimed_row`] reads, in its order.
+macro_rules! claim_tail {
+    () => {
+        "UPDATE webhooks.event_log e SET locked = pg_catalog.now()
+         FROM due WHERE e.id = due.id
+         RETURNING e.id, e.trigger_name, e.schema_name, e.table_name, e.payload::text, e.tries,
+                   pg_catalog.to_json(e.created_at) #>> '{}', e.next_retry_at"
+    };
+}
+
 /// The claim (see [`claim`]).
 const CLAIM: &str = concat!(
     "WITH lim AS (SELECT l.* FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::uuid[])
@@ -597,10 +608,8 @@ const CLAIM: &str = concat!(
                          ORDER BY e.next_retry_at, e.id
                          LIMIT lim.n
                          FOR UPDATE SKIP LOCKED) d)
-                 UPDATE webhooks.event_log e SET locked = pg_catalog.now()
-                 FROM due WHERE e.id = due.id
-                 RETURNING e.id, e.trigger_name, e.schema_name, e.table_name, e.payload::text, e.tries,
-                           pg_catalog.to_json(e.created_at) #>> '{}', e.next_retry_at"
+ ",
+    claim_tail!()
 );
 
 /// The claim of ordered triggers (see [`claim_ordered`]).
@@ -624,10 +633,8 @@ const CLAIM_ORDERED: &str = concat!(
                          ORDER BY e.next_retry_at, e.id
                          LIMIT lim.n
                          FOR UPDATE SKIP LOCKED) d)
-                 UPDATE webhooks.event_log e SET locked = pg_catalog.now()
-                 FROM due WHERE e.id = due.id
-                 RETURNING e.id, e.trigger_name, e.schema_name, e.table_name, e.payload::text, e.tries,
-                           pg_catalog.to_json(e.created_at) #>> '{}', e.next_retry_at"
+ ",
+    claim_tail!()
 );
 
 /// Claims due events of ordered triggers: up to `limits[i]` of trigger
@@ -648,6 +655,7 @@ pub fn claim_ordered(names: Vec<String>, limits: Vec<i32>) -> Vec<Claimed> {
     })
 }
 
+/// A row of [`claim_tail`]'s RETURNING list.
 fn claimed_row(r: &pgrx::spi::SpiHeapTupleData) -> Claimed {
     Claimed {
         id: spi(r.get::<pgrx::Uuid>(1)).expect("id is the primary key"),

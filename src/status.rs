@@ -6,19 +6,11 @@ use std::sync::atomic::Ordering;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
+use crate::catalog;
 use crate::shmem::{self, state};
 
 fn timestamp(micros: i64) -> Option<TimestampWithTimeZone> {
     (micros != 0).then(|| TimestampWithTimeZone::try_from(micros).ok()).flatten()
-}
-
-/// The name of database `oid`, if it still exists.
-fn database_name(oid: u32) -> Option<String> {
-    // SAFETY: a catalog lookup; the palloc'd name is copied at once.
-    unsafe {
-        let name = pg_sys::get_database_name(pg_sys::Oid::from(oid));
-        (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned())
-    }
 }
 
 type Row = (Option<i32>, Option<String>, Option<TimestampWithTimeZone>, Option<TimestampWithTimeZone>, i64, i64, i64);
@@ -55,7 +47,7 @@ fn worker_status() -> TableIterator<
             db == mine,
             (
                 Some(pid),
-                database_name(db),
+                catalog::database_name_of(pg_sys::Oid::from(db)),
                 timestamp(slot.started_at.load(Ordering::Relaxed)),
                 timestamp(slot.last_wakeup.load(Ordering::Relaxed)),
                 slot.in_flight.load(Ordering::Relaxed),
@@ -65,7 +57,7 @@ fn worker_status() -> TableIterator<
         ));
     }
     if !rows.iter().any(|(m, _)| *m) {
-        rows.push((true, (None, database_name(mine), None, None, 0, 0, 0)));
+        rows.push((true, (None, catalog::database_name_of(pg_sys::Oid::from(mine)), None, None, 0, 0, 0)));
     }
     rows.sort_by_key(|(m, r)| (!m, r.1.clone()));
     TableIterator::new(rows.into_iter().map(|(_, r)| r).collect::<Vec<_>>())
