@@ -13,7 +13,7 @@ use webhooks_core::tls::TlsSettings;
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
-pub static MAX_CONCURRENT: GucSetting<i32> = GucSetting::<i32>::new(32);
+pub static MAX_CONCURRENT: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static MAX_CONCURRENT_PER_TRIGGER: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static RESPONSE_BODY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
@@ -73,20 +73,20 @@ fn register_reloadable() {
     GucRegistry::define_int_guc(
         c"webhooks.max_concurrent_deliveries",
         c"HTTP requests the worker keeps in flight at once.",
-        c"",
+        c"Each is a kept-alive connection (a file descriptor); they cost memory only while in use.",
         &MAX_CONCURRENT,
         1,
-        1024,
+        65_536,
         GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"webhooks.max_concurrent_per_trigger",
-        c"HTTP requests in flight at once for one event trigger; 0 means three quarters of webhooks.max_concurrent_deliveries.",
-        c"Keeps a slow or hanging webhook from taking every delivery slot.",
+        c"HTTP requests in flight at once for one event trigger; 0 means a quarter of webhooks.max_concurrent_deliveries.",
+        c"Keeps slow or hanging webhooks from taking every delivery slot.",
         &MAX_CONCURRENT_PER_TRIGGER,
         0,
-        1024,
+        65_536,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -273,7 +273,7 @@ pub fn max_concurrent() -> usize {
 
 pub fn max_concurrent_per_trigger() -> usize {
     match MAX_CONCURRENT_PER_TRIGGER.get() {
-        0 => (max_concurrent() * 3 / 4).max(1),
+        0 => (max_concurrent() / 4).max(1),
         n => (n as usize).min(max_concurrent()),
     }
 }

@@ -299,7 +299,7 @@ impl Worker {
             }
             Err(e) => {
                 warning!("pg_webhooks: {e}; HTTPS webhooks fail until it is fixed");
-                ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::Specific(Arc::new(Vec::new()))).build()
+                tls::trust_nothing()
             }
         };
         set_tls(&self.tls, config);
@@ -364,7 +364,7 @@ impl Worker {
         // SAFETY: called on the main thread between transactions, as
         // PostgreSQL's own processes do.
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        self.pool.grow(settings::max_concurrent());
+        self.pool.set_capacity(settings::max_concurrent());
         self.pool.configure(settings::max_concurrent_per_trigger(), flush_at());
         self.apply_destinations();
         self.apply_tls();
@@ -389,6 +389,7 @@ impl Worker {
             || self.lanes.values().any(|l| l.probe_due(now))
             || self.outcomes.len() >= flush_at()
             || self.oldest_outcome.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
+            || self.serial_outcome_waits()
             || self.next_due.is_some_and(|t| Instant::now() >= t)
     }
 
@@ -404,6 +405,9 @@ impl Worker {
         }
         for d in self.lanes.values().filter_map(|l| l.health.down.as_ref()).filter(|d| !d.probing) {
             timeout = timeout.min(d.next_probe.saturating_duration_since(Instant::now()));
+        }
+        for held in self.lanes.values().filter(|l| l.maybe_more).filter_map(|l| l.held_until) {
+            timeout = timeout.min(held.saturating_duration_since(Instant::now()));
         }
         if let (Some(_), Some(t)) = (settings::retention(), self.last_cleanup) {
             timeout = timeout.min(RETENTION_EVERY.saturating_sub(t.elapsed()));
@@ -472,7 +476,19 @@ impl Worker {
         self.lanes.get(trigger).is_some_and(|l| {
             l.health.down.is_none()
                 && l.maybe_more
+                && !waits_for_the_one_ahead(&self.pool, trigger, l, Instant::now())
                 && room(&self.pool, trigger, &l.def.throttle) * 2 >= queue_target(&l.def.throttle)
+        })
+    }
+
+    /// Whether an outcome waits that a `"trigger"`-ordered lane's next event
+    /// waits for: recorded at once, not batched with others.
+    fn serial_outcome_waits(&self) -> bool {
+        self.outcomes.iter().any(|o| {
+            self.in_flight
+                .get(&o.tag)
+                .and_then(|f| self.lanes.get(&f.trigger))
+                .is_some_and(|l| l.def.ordering == Ordering::Trigger)
         })
     }
 
@@ -614,11 +630,7 @@ impl Worker {
                 if !lane.maybe_more || room == 0 {
                     continue;
                 }
-                // "trigger": one at a time, and not while the event ahead
-                // waits for its retry.
-                if lane.def.ordering == Ordering::Trigger
-                    && (self.pool.load(name) > 0 || lane.held_until.is_some_and(|t| now < t))
-                {
+                if waits_for_the_one_ahead(&self.pool, name, lane, now) {
                     continue;
                 }
                 room as i32
@@ -917,6 +929,12 @@ impl Worker {
         }));
         self.in_flight.clear();
     }
+}
+
+/// Whether a `"trigger"`-ordered lane waits for its event ahead: one at a
+/// time, so not while that one is on the wire or waits for its retry.
+fn waits_for_the_one_ahead(pool: &Pool, trigger: &str, lane: &Lane, now: Instant) -> bool {
+    lane.def.ordering == Ordering::Trigger && (pool.load(trigger) > 0 || lane.held_until.is_some_and(|t| now < t))
 }
 
 /// How many more events of `trigger` the pool should get: it keeps a batch

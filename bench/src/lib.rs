@@ -89,3 +89,111 @@ fn serve(mut s: TcpStream, count: Arc<AtomicU64>, arrivals: Arc<Mutex<Vec<(i64, 
         }
     }
 }
+
+/// A receiver at internet latency: answers each request `delay` after it
+/// arrived, on kept-alive connections, and keeps the peak of requests held
+/// at once. Event-driven (tokio, on one thread of its own), so that
+/// thousands of waiting requests cost the machine little, as they would
+/// cost a real webhook elsewhere. [`SlowReceiver::hanging_after`] answers
+/// at once until it has answered a number of requests, then never again:
+/// requests wait until the sender's timeout.
+pub struct SlowReceiver {
+    pub port: u16,
+    pub count: Arc<AtomicU64>,
+    /// Requests arrived and not answered yet, and the most there were.
+    pub holding: Arc<AtomicU64>,
+    pub peak: Arc<AtomicU64>,
+    /// Closes every connection of a hanging receiver when set.
+    pub release: Arc<AtomicBool>,
+}
+
+/// How a [`SlowReceiver`] answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    After(std::time::Duration),
+    HangAfter(u64),
+}
+
+impl SlowReceiver {
+    /// Answers every request `delay` after it arrived.
+    pub fn start(delay: std::time::Duration) -> SlowReceiver {
+        Self::serve(Answer::After(delay))
+    }
+
+    /// Answers the first `answered` requests at once (which opens the
+    /// sender's window as a working webhook would), then none.
+    pub fn hanging_after(answered: u64) -> SlowReceiver {
+        Self::serve(Answer::HangAfter(answered))
+    }
+
+    fn serve(answer: Answer) -> SlowReceiver {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind the receiver");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (count, holding, peak) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let release = Arc::new(AtomicBool::new(false));
+        let (c, h, p, r) = (count.clone(), holding.clone(), peak.clone(), release.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let (c, h, p, r) = (c.clone(), h.clone(), p.clone(), r.clone());
+                    tokio::spawn(serve_slowly(stream, answer, c, h, p, r));
+                }
+            });
+        });
+        SlowReceiver { port, count, holding, peak, release }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+async fn serve_slowly(
+    mut s: tokio::net::TcpStream,
+    answer: Answer,
+    count: Arc<AtomicU64>,
+    holding: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
+    release: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = s.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 2048];
+    loop {
+        while let Some(end) = find(&buf, b"\r\n\r\n") {
+            let total = end + 4 + content_length(&buf[..end]);
+            if buf.len() < total {
+                break;
+            }
+            let now = holding.fetch_add(1, Ordering::Relaxed) + 1;
+            peak.fetch_max(now, Ordering::Relaxed);
+            let arrived = count.fetch_add(1, Ordering::Relaxed);
+            match answer {
+                Answer::After(delay) => tokio::time::sleep(delay).await,
+                Answer::HangAfter(n) if arrived < n => {}
+                Answer::HangAfter(_) => {
+                    while !release.load(Ordering::Relaxed) {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    holding.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            holding.fetch_sub(1, Ordering::Relaxed);
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.is_err() {
+                return;
+            }
+            buf.drain(..total);
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}

@@ -1,16 +1,29 @@
-//! One HTTP attempt, made with ureq, and what came of it.
+//! One HTTP attempt, made with hyper on tokio, and what came of it.
 //!
-//! ureq's defaults are not a webhook sender's: here redirects are not
-//! followed (a 3xx is a failed attempt), statuses are not errors, no proxy is
-//! read from the environment, every attempt has one timeout for connect,
-//! send and response, and response bodies are read up to a limit.
+//! A webhook sender needs none of a general client's conveniences, so each
+//! behaviour is chosen here: redirects are not followed (a 3xx is a failed
+//! attempt), no proxy is read from the environment, every attempt has one
+//! deadline for connect, TLS, send and reading the response, response
+//! bodies are read up to a limit, no compression is asked for, HTTP/1.1
+//! only. Connections are kept alive in a pool of our own (by scheme, host,
+//! port and TLS configuration), so that a connection costs little more than
+//! hyper's two buffers: thousands can be open at once. Names are looked up
+//! by [`CachingResolver`], which applies the destination policy to every
+//! address, as [`CachingResolver::check_url`] does to an address in the URL.
+//! TLS is rustls with the configuration [`crate::tls`] builds.
 
-use std::io::Read;
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-use crate::resolve::SharedPolicy;
+use crate::resolve::{CachingResolver, ResolveError, SharedPolicy};
 
 /// `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("pg_webhooks/", env!("CARGO_PKG_VERSION"));
@@ -106,36 +119,54 @@ impl Outcome {
     }
 }
 
-/// An HTTP client configured for webhooks: no redirects followed (a 3xx is
-/// returned as it is), statuses are not errors, no proxy from the
-/// environment, and bodies read up to a limit.
-///
-/// Each client keeps one agent (one connection pool) per timeout, made on
-/// first use: the timeout is part of the agent's configuration rather than
-/// a per-request override, which ureq would copy for every request.
-#[derive(Clone)]
+/// An HTTP client configured for webhooks (see the module's comment). One
+/// client serves every concurrent attempt: attempts are futures run on the
+/// pool's runtime, sharing its kept-alive connections.
 pub struct Client {
-    agents: std::cell::RefCell<Vec<(Duration, ureq::Agent)>>,
-    /// The TLS version the agents were made with.
-    agents_tls: std::cell::Cell<u64>,
     pub(crate) max_body: usize,
-    /// Which addresses may be connected to (checked in the resolver).
-    pub(crate) policy: SharedPolicy,
-    /// The TLS configuration, with a version: agents are made anew when it
-    /// changes (on reload).
+    resolver: CachingResolver,
     pub(crate) tls: SharedTls,
+    /// Kept-alive connections by destination, with when each was last used.
+    idle: Mutex<HashMap<Destination, Vec<(Instant, Sender)>>>,
+    /// The TLS connector of the current configuration, and its version.
+    connector: Mutex<Option<(u64, tokio_rustls::TlsConnector)>>,
 }
 
-/// The TLS configuration shared by every thread's client, and its version.
-pub type SharedTls = std::sync::Arc<std::sync::RwLock<(u64, ureq::tls::TlsConfig)>>;
+type Sender = SendRequest<Full<Bytes>>;
 
-/// Replaces the TLS configuration every client of `tls` uses from its next
-/// attempt on.
-pub fn set_tls(tls: &SharedTls, config: ureq::tls::TlsConfig) {
+/// Where a connection goes: a connection is reused only for the same
+/// scheme, host, port and TLS configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Destination {
+    https: bool,
+    host: String,
+    port: u16,
+    tls_version: u64,
+}
+
+/// A kept-alive connection unused this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// hyper's read buffer: answers are small, and a larger one would cost
+/// this much again for every open connection. A longer answer is read in
+/// several reads.
+const READ_BUFFER: usize = 4096;
+
+/// The TLS configuration shared with the client's owner, and its version
+/// (None: [`crate::tls::default_config`]).
+pub type SharedTls = Arc<RwLock<(u64, Option<Arc<rustls::ClientConfig>>)>>;
+
+/// Replaces the TLS configuration `tls`'s client uses from its next attempt
+/// on; connections made with the old one are not used again.
+pub fn set_tls(tls: &SharedTls, config: Arc<rustls::ClientConfig>) {
     if let Ok(mut t) = tls.write() {
-        *t = (t.0 + 1, config);
+        *t = (t.0 + 1, Some(config));
     }
 }
+
+/// Where a request failed, for the outcome: the error and whether the
+/// endpoint was tried.
+type Failure = (String, bool);
 
 impl Client {
     /// A client that may connect anywhere.
@@ -153,56 +184,34 @@ impl Client {
     /// which its owner may replace at any time.
     pub fn with_parts(max_body: usize, policy: SharedPolicy, tls: SharedTls) -> Client {
         Client {
-            agents: std::cell::RefCell::new(Vec::new()),
-            agents_tls: std::cell::Cell::new(0),
             max_body,
-            policy,
+            resolver: CachingResolver::with_policy(policy),
             tls,
+            idle: Mutex::new(HashMap::new()),
+            connector: Mutex::new(None),
         }
     }
 
-    fn agent(&self, timeout: Duration) -> ureq::Agent {
-        let (version, tls) = self.tls.read().map(|t| (t.0, t.1.clone())).unwrap_or_default();
-        if version != self.agents_tls.get() {
-            self.agents.borrow_mut().clear();
-            self.agents_tls.set(version);
+    /// The TLS connector for the current configuration, and its version.
+    fn tls_connector(&self) -> (u64, tokio_rustls::TlsConnector) {
+        let (version, config) = self.tls.read().map(|t| t.clone()).unwrap_or_default();
+        let mut current = self.connector.lock().unwrap_or_else(|e| e.into_inner());
+        match current.as_ref() {
+            Some((v, c)) if *v == version => (version, c.clone()),
+            _ => {
+                let connector = tokio_rustls::TlsConnector::from(config.unwrap_or_else(crate::tls::default_config));
+                *current = Some((version, connector.clone()));
+                (version, connector)
+            }
         }
-        if let Some((_, a)) = self.agents.borrow().iter().find(|(t, _)| *t == timeout) {
-            return a.clone();
-        }
-        let config = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .proxy(None)
-            .user_agent(USER_AGENT)
-            .accept("")
-            .accept_encoding("")
-            .max_idle_connections(256)
-            .max_idle_connections_per_host(256)
-            .no_delay(true)
-            // Requests and answers are small: buffers under malloc's mmap
-            // threshold avoid an mmap/munmap per connection.
-            .input_buffer_size(32 * 1024)
-            .output_buffer_size(16 * 1024)
-            .build();
-        let agent = ureq::Agent::with_parts(
-            config,
-            ureq::unversioned::transport::DefaultConnector::new(),
-            crate::resolve::CachingResolver::with_policy(self.policy.clone()),
-        );
-        self.agents.borrow_mut().push((timeout, agent.clone()));
-        agent
     }
 
     /// Makes one attempt. Never panics on network trouble: every failure is
-    /// an `Outcome` with an error.
-    pub fn send(&self, a: &Attempt) -> Outcome {
+    /// an `Outcome` with an error. Runs on a tokio runtime.
+    pub async fn send(&self, a: &Attempt) -> Outcome {
         let started = SystemTime::now();
         let t0 = Instant::now();
-        let (response, error, tried) = match self.exchange(a) {
+        let (response, error, tried) = match self.exchange(a).await {
             Ok((resp, read_error)) => (Some(resp), read_error, true),
             Err((e, tried)) => (None, Some(e), tried),
         };
@@ -210,52 +219,273 @@ impl Client {
     }
 
     /// The exchange; an error says what failed and whether the endpoint was
-    /// tried (false: the destination policy refused it).
-    fn exchange(&self, a: &Attempt) -> Result<(Response, Option<String>), (String, bool)> {
-        let mut req = self.agent(a.timeout).post(&a.url).header("Content-Type", "application/json");
-        for (name, value) in &a.headers {
-            req = req.header(name, value);
-        }
-        let mut resp = req.send(a.body.as_bytes()).map_err(|e| {
-            let refused = matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied);
-            (describe_error(e, &a.url), !refused)
-        })?;
-        let status = resp.status().as_u16();
-        let headers: Vec<(String, String)> = resp
+    /// tried (false: the destination policy refused it, or the request
+    /// could not be made).
+    async fn exchange(&self, a: &Attempt) -> Result<(Response, Option<String>), Failure> {
+        let deadline = tokio::time::Instant::now() + a.timeout;
+        let timed_out = || (format!("timed out after {}", millis(a.timeout)), true);
+        let url = url::Url::parse(&a.url).map_err(|e| (format!("the URL {:?} is not valid: {e}", a.url), false))?;
+        self.resolver.check_url(&url).map_err(|e| (format!("not connected: {e}"), false))?;
+        let (request, dest) = self.request(a, &url)?;
+        let (response, sender) =
+            tokio::time::timeout_at(deadline, self.round_trip(&dest, request)).await.map_err(|_| timed_out())??;
+        let status = response.status().as_u16();
+        let headers: Vec<(String, String)> = response
             .headers()
             .iter()
             .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
         // Read one byte past the limit to know whether the body was cut.
+        let mut body = response.into_body();
         let mut buf = Vec::new();
-        let read = resp.body_mut().as_reader().take(self.max_body as u64 + 1).read_to_end(&mut buf);
-        let read_error = read.err().map(|e| {
-            if e.kind() == std::io::ErrorKind::TimedOut || e.to_string().contains("timeout") {
-                format!("timed out reading the response body ({e})")
-            } else {
-                format!("reading the response body failed: {e}")
+        let mut read_error = None;
+        let mut complete = false;
+        while buf.len() <= self.max_body {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => {
+                    read_error = Some(format!("timed out reading the response body (after {})", millis(a.timeout)));
+                    break;
+                }
+                Ok(None) => {
+                    complete = true;
+                    break;
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(bytes) = frame.into_data() {
+                        let room = self.max_body + 1 - buf.len();
+                        buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    read_error = Some(format!("reading the response body failed: {}", chain(&e)));
+                    break;
+                }
             }
-        });
+        }
+        if complete {
+            // The whole answer was read: the connection may carry the next.
+            self.check_in(dest, sender);
+        }
         let body_truncated = buf.len() > self.max_body;
         buf.truncate(self.max_body);
         Ok((Response { status, headers, body: String::from_utf8_lossy(&buf).into_owned(), body_truncated }, read_error))
     }
+
+    /// The request for `a`, in origin form, and where it goes.
+    fn request(&self, a: &Attempt, url: &url::Url) -> Result<(http::Request<Full<Bytes>>, Destination), Failure> {
+        let unmade = |e: &dyn std::fmt::Display| (format!("the request could not be made: {e}"), false);
+        let https = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            other => return Err(unmade(&format!("the scheme {other:?} is not http or https"))),
+        };
+        let host = url.host_str().ok_or_else(|| unmade(&"the URL has no host"))?;
+        let port = url.port_or_known_default().ok_or_else(|| unmade(&"the URL has no port"))?;
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let mut builder = http::Request::post(target)
+            .header(http::header::HOST, authority)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, USER_AGENT);
+        for (name, value) in &a.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let has_authorization = a.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization"));
+        if let Some(credentials) = basic_credentials(url).filter(|_| !has_authorization) {
+            builder = builder.header(http::header::AUTHORIZATION, credentials);
+        }
+        let request = builder.body(Full::new(Bytes::from(a.body.clone()))).map_err(|e| unmade(&e))?;
+        let dest = Destination {
+            https,
+            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port,
+            tls_version: if https { self.tls_connector().0 } else { 0 },
+        };
+        Ok((request, dest))
+    }
+
+    /// Sends the request on a kept-alive connection, or a new one. A
+    /// request that a reused connection could not carry (the server had
+    /// closed it, as servers do with idle connections) goes once more on a
+    /// new connection: at least once allows that, and it is not a failure
+    /// of the endpoint.
+    async fn round_trip(
+        &self,
+        dest: &Destination,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Sender), Failure> {
+        let request = match self.check_out(dest).await {
+            Some(mut sender) => match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) if e.error().is_canceled() || e.error().is_incomplete_message() => match e.take_message() {
+                    Some(request) => request,
+                    None => return Err(describe(e.error(), &dest.host)),
+                },
+                Err(e) => return Err(describe(e.error(), &dest.host)),
+            },
+            None => request,
+        };
+        let mut sender = self.connect(dest).await?;
+        let response = sender.send_request(request).await.map_err(|e| describe(&e, &dest.host))?;
+        Ok((response, sender))
+    }
+
+    /// A kept-alive connection to `dest` that is ready for a request.
+    async fn check_out(&self, dest: &Destination) -> Option<Sender> {
+        loop {
+            let (used, mut sender) = {
+                let mut idle = self.idle.lock().ok()?;
+                let list = idle.get_mut(dest)?;
+                let next = list.pop();
+                if list.is_empty() {
+                    idle.remove(dest);
+                }
+                next?
+            };
+            if used.elapsed() < IDLE_TIMEOUT && !sender.is_closed() && sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Keeps a connection whose exchange completed for the next request,
+    /// and lets connections unused for [`IDLE_TIMEOUT`] go.
+    fn check_in(&self, dest: Destination, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            let now = Instant::now();
+            let list = idle.entry(dest).or_default();
+            list.retain(|(used, s)| now.duration_since(*used) < IDLE_TIMEOUT && !s.is_closed());
+            list.push((now, sender));
+        }
+    }
+
+    /// A new connection to `dest`: each allowed address in turn, then TLS
+    /// when the scheme asks for it, then HTTP/1.1, whose connection task
+    /// runs on the runtime until either side closes it.
+    async fn connect(&self, dest: &Destination) -> Result<Sender, Failure> {
+        let addrs = self.resolver.lookup(&dest.host).await.map_err(|e| match e {
+            ResolveError::Refused(why) => (format!("not connected: {why}"), false),
+            e @ ResolveError::NotFound(_) => (e.to_string(), true),
+        })?;
+        let mut last = None;
+        let mut tcp = None;
+        for mut addr in addrs {
+            addr.set_port(dest.port);
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| {
+            (format!("connection failed: {}", last.map_or_else(|| "no address".to_string(), |e| e.to_string())), true)
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let mut builder = hyper::client::conn::http1::Builder::new();
+        builder.read_buf_exact_size(Some(READ_BUFFER));
+        let handshake_failed = |e: hyper::Error| (format!("connection failed: {}", chain(&e)), true);
+        if dest.https {
+            let name = rustls::pki_types::ServerName::try_from(dest.host.clone())
+                .map_err(|e| (format!("TLS with {} failed: {e}", dest.host), false))?;
+            let (_, connector) = self.tls_connector();
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| (format!("TLS with {} failed: {}", dest.host, tls_reason(&e)), true))?;
+            let (sender, conn) = builder.handshake(TokioIo::new(tls)).await.map_err(handshake_failed)?;
+            tokio::spawn(conn);
+            Ok(sender)
+        } else {
+            let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await.map_err(handshake_failed)?;
+            tokio::spawn(conn);
+            Ok(sender)
+        }
+    }
 }
 
-fn describe_error(e: ureq::Error, url: &str) -> String {
-    let host = || url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
-    match e {
-        ureq::Error::Tls(t) => format!("TLS with {} failed: {t}", host()),
-        ureq::Error::Rustls(t) => format!("TLS with {} failed: {t}", host()),
-        ureq::Error::Timeout(t) => format!("timed out ({t})"),
-        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => format!("not connected: {io}"),
-        ureq::Error::Io(io) if io.get_ref().is_some_and(|e| e.is::<rustls::Error>()) => {
-            format!("TLS with {} failed: {io}", host())
-        }
-        ureq::Error::Io(io) => format!("connection failed: {io}"),
-        ureq::Error::HostNotFound => "host not found".into(),
-        other => other.to_string(),
+/// The rustls error inside a failed TLS handshake, else the I/O error.
+fn tls_reason(e: &std::io::Error) -> String {
+    match find_cause::<rustls::Error>(e) {
+        Some(t) => t.to_string(),
+        None => e.to_string(),
     }
+}
+
+/// What a failed exchange says, in the words the invocation log keeps; the
+/// endpoint was tried.
+fn describe(e: &hyper::Error, host: &str) -> Failure {
+    if let Some(t) = find_cause::<rustls::Error>(e) {
+        return (format!("TLS with {host} failed: {t}"), true);
+    }
+    if let Some(io) = find_cause::<std::io::Error>(e) {
+        return (format!("connection failed: {io}"), true);
+    }
+    (format!("request failed: {}", chain(e)), true)
+}
+
+fn millis(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+/// Every distinct message in an error's chain of causes, outermost first.
+fn chain(e: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = next_cause(err);
+    }
+    parts.join(": ")
+}
+
+/// `Basic` credentials from the URL's user information (RFC 7617: the
+/// percent-decoded `user:password`, in base64), if it has any. A header the
+/// definition sets takes precedence over them.
+fn basic_credentials(url: &url::Url) -> Option<String> {
+    use base64::Engine as _;
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+    let mut pair = decode(url.username());
+    pair.push(b':');
+    pair.extend(decode(url.password().unwrap_or("")));
+    Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
+}
+
+/// The cause after `err`: its source, except that an `io::Error` that wraps
+/// another error leads to that error (its own `source` skips it).
+fn next_cause<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a (dyn StdError + 'static)> {
+    match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        Some(inner) => Some(inner as &(dyn StdError + 'static)),
+        None => err.source(),
+    }
+}
+
+/// The first cause of type `T` in `e`'s chain.
+fn find_cause<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = next_cause(err);
+    }
+    None
 }
 
 /// A server and an attempt for the tests of this module and of the pool.
@@ -289,7 +519,7 @@ mod outcome_tests {
 #[cfg(test)]
 pub(crate) mod test_server {
     use super::*;
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
 
     /// A one-shot server: answers the first request with `reply` and returns
@@ -322,6 +552,11 @@ pub(crate) mod test_server {
         (url, h)
     }
 
+    /// Makes one attempt on a runtime of its own.
+    pub fn send(client: &Client, a: &Attempt) -> Outcome {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(client.send(a))
+    }
+
     pub fn attempt(url: &str, timeout_ms: u64) -> Attempt {
         Attempt {
             tag: 7,
@@ -335,14 +570,14 @@ pub(crate) mod test_server {
 
 #[cfg(test)]
 mod tests {
-    use super::test_server::{attempt, serve_once};
+    use super::test_server::{attempt, send, serve_once};
     use super::*;
     use std::net::TcpListener;
 
     #[test]
     fn sends_body_and_headers_and_reads_the_response() {
         let (url, h) = serve_once(b"HTTP/1.1 201 Created\r\nRetry-After: 5\r\nContent-Length: 5\r\n\r\nhello");
-        let o = Client::new(1024).send(&attempt(&url, 5000));
+        let o = send(&Client::new(1024), &attempt(&url, 5000));
         let seen = h.join().unwrap();
         assert!(seen.starts_with("POST /hook HTTP/1.1\r\n"), "{seen}");
         let lower = seen.to_ascii_lowercase();
@@ -357,10 +592,26 @@ mod tests {
     }
 
     #[test]
+    fn user_information_in_the_url_becomes_basic_credentials_unless_a_header_says_otherwise() {
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let (url, h) = serve_once(OK);
+        let url = url.replace("http://", "http://a%40b:p%20w@");
+        send(&Client::new(1024), &attempt(&url, 5000));
+        // base64 of "a@b:p w": decoded, as RFC 7617 wants the pair.
+        assert!(h.join().unwrap().to_ascii_lowercase().contains("authorization: basic yubionagdw==\r\n"));
+        let (url, h) = serve_once(OK);
+        let mut a = attempt(&url.replace("http://", "http://ada:pw@"), 5000);
+        a.headers.push(("Authorization".into(), "Bearer t".into()));
+        send(&Client::new(1024), &a);
+        let seen = h.join().unwrap();
+        assert!(seen.contains("Bearer t") && !seen.contains("Basic"), "the definition's header wins: {seen}");
+    }
+
+    #[test]
     fn redirects_are_returned_not_followed() {
         let (url, h) =
             serve_once(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/elsewhere\r\nContent-Length: 0\r\n\r\n");
-        let o = Client::new(1024).send(&attempt(&url, 5000));
+        let o = send(&Client::new(1024), &attempt(&url, 5000));
         h.join().unwrap();
         assert_eq!(o.status(), Some(302));
         assert!(o.error.is_none());
@@ -369,7 +620,7 @@ mod tests {
     #[test]
     fn bodies_are_cut_at_the_limit() {
         let (url, h) = serve_once(b"HTTP/1.1 500 Oops\r\nContent-Length: 26\r\n\r\nabcdefghijklmnopqrstuvwxyz");
-        let o = Client::new(10).send(&attempt(&url, 5000));
+        let o = send(&Client::new(10), &attempt(&url, 5000));
         h.join().unwrap();
         let r = o.response.unwrap();
         assert_eq!((r.status, r.body.as_str(), r.body_truncated), (500, "abcdefghij", true));
@@ -378,16 +629,45 @@ mod tests {
     #[test]
     fn refused_connections_and_timeouts_are_outcomes() {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let o = Client::new(10).send(&attempt(&format!("http://127.0.0.1:{port}/"), 2000));
+        let o = send(&Client::new(10), &attempt(&format!("http://127.0.0.1:{port}/"), 2000));
         assert!(o.response.is_none());
         assert!(o.error.unwrap().contains("connection failed"));
 
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/", silent.local_addr().unwrap());
-        let o = Client::new(10).send(&attempt(&url, 300));
+        let o = send(&Client::new(10), &attempt(&url, 300));
         assert!(o.response.is_none());
         assert!(o.error.as_deref().unwrap().contains("timed out"), "{:?}", o.error);
         assert!(o.duration < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_body_the_deadline_cuts_off_keeps_its_status_and_fails() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            std::io::Write::write_all(&mut s, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").unwrap();
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        let o = send(&Client::new(1024), &attempt(&url, 500));
+        assert_eq!(o.status(), Some(200));
+        assert_eq!(o.completed_status(), None, "an exchange that did not complete decides nothing");
+        let e = o.error.unwrap();
+        assert!(e.starts_with("timed out reading the response body"), "{e}");
+        assert!(o.duration < Duration::from_secs(2), "the deadline bounds the body too: {:?}", o.duration);
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_made_says_so_and_tries_nothing() {
+        let o = send(
+            &Client::new(10),
+            &Attempt { headers: vec![("X-Bad".into(), "line\nbreak".into())], ..attempt("http://127.0.0.1:9/", 1000) },
+        );
+        assert!(!o.tried, "{:?}", o.error);
+        assert!(o.error.unwrap().starts_with("the request could not be made"));
     }
 
     #[test]
@@ -397,7 +677,7 @@ mod tests {
         let url = format!("http://{}/hook", l.local_addr().unwrap());
         let policy = SharedPolicy::default();
         *policy.write().unwrap() = crate::destination::NetPolicy::from_settings("", "127.0.0.0/8").0;
-        let o = Client::with_policy(100, policy).send(&attempt(&url, 2000));
+        let o = send(&Client::with_policy(100, policy), &attempt(&url, 2000));
         // A refusal says nothing about the endpoint's health.
         assert!(!o.tried && !o.is_endpoint_failure());
         let e = o.error.unwrap();

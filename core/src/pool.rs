@@ -1,30 +1,51 @@
-//! The threads that make HTTP attempts concurrently, lane by lane.
+//! Concurrent HTTP attempts, lane by lane, on a small event-driven runtime.
 //!
 //! Nothing here calls into PostgreSQL. The worker's main thread hands
-//! [`Attempt`]s to the pool and collects [`Outcome`]s; the pool's threads
-//! only do HTTP, with every signal blocked so that PostgreSQL's signal
-//! handlers always run on the main thread.
+//! [`Attempt`]s to the pool and collects [`Outcome`]s. The pool runs a tokio
+//! runtime of [`RUNTIME_THREADS`] threads (created with every signal blocked,
+//! so that PostgreSQL's signal handlers always run on the main thread): a
+//! dispatcher task starts each attempt as its own task when its lane may
+//! send, so thousands can be in flight on kept-alive connections without a
+//! thread each.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::http::{Attempt, Client, Outcome};
 
-/// Threads that make attempts concurrently. Attempts are submitted to a
-/// lane (one per event trigger); at most `per_lane` attempts of one lane are
-/// on the wire at once, so one slow webhook cannot take every thread, and
-/// lanes take turns. Threads pick the next attempt themselves: the caller
-/// only hands work over and collects outcomes.
+/// The runtime's threads: the attempts' I/O is event-driven, and the
+/// machine's cores are shared with PostgreSQL.
+pub const RUNTIME_THREADS: usize = 2;
+
+/// Attempts a lane may have on the wire before its endpoint has answered
+/// well: each attempt the endpoint answers (not an endpoint failure) lets
+/// one more be in flight, up to the lane's limit, so the window doubles
+/// every round trip; an endpoint failure sets it back. An endpoint that is
+/// down from the start gets this many requests, not the whole backlog at
+/// once. (The figure is TCP's initial window, RFC 6928.)
+pub const INITIAL_WINDOW: usize = 10;
+
+/// Attempts in flight concurrently, in lanes (one per event trigger). At
+/// most `per_lane` attempts of one lane are on the wire at once (or the
+/// lane's own limit), never more than the capacity in all, and lanes with
+/// work share the capacity evenly, so slow or hanging webhooks cannot take
+/// every slot from a healthy one.
 ///
 /// `notify` runs when an outcome arrives while none were waiting (the worker
 /// writes to a pipe its main thread waits on), and again each time
 /// `notify_every` more have piled up.
 pub struct Pool {
-    shared: Arc<(Mutex<PoolState>, Condvar)>,
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+struct Shared {
+    state: Mutex<PoolState>,
+    /// Wakes the dispatcher: work was queued, a slot freed, limits changed.
+    dispatch: tokio::sync::Notify,
     client: Client,
     notify: Arc<dyn Fn() + Send + Sync>,
-    threads: usize,
 }
 
 struct PoolState {
@@ -33,17 +54,16 @@ struct PoolState {
     next_lane: usize,
     per_lane: usize,
     notify_every: usize,
-    /// Attempts that may be on the wire at once, all lanes (the threads).
+    /// Attempts that may be on the wire at once, all lanes.
     capacity: usize,
+    /// Attempts on the wire, all lanes.
+    running: usize,
     /// A lane whose endpoint failed this many attempts in a row stops
     /// sending its queue until [`Pool::clear_failures`]: the worker, which
     /// sees the same outcomes, decides what comes next.
     halt_after: usize,
     outcomes: Vec<Outcome>,
     closed: bool,
-    /// Threads waiting for work: notifying costs a system call, so it is
-    /// done only when someone waits.
-    idle: usize,
 }
 
 struct LaneState {
@@ -52,6 +72,9 @@ struct LaneState {
     running: usize,
     /// The lane's own limit on attempts on the wire, instead of `per_lane`.
     limit: Option<usize>,
+    /// Attempts on the wire the lane's endpoint has earned, at most the
+    /// limit ([`INITIAL_WINDOW`]).
+    window: usize,
     /// At most one start per this interval (a per-second rate, evenly
     /// spaced), and when the next start may come.
     spacing: Option<Duration>,
@@ -67,6 +90,7 @@ impl LaneState {
             queued: VecDeque::new(),
             running: 0,
             limit: None,
+            window: INITIAL_WINDOW,
             spacing: None,
             next_start: None,
             failures: 0,
@@ -75,7 +99,20 @@ impl LaneState {
 
     /// Whether the lane's concurrency allows another attempt on the wire.
     fn has_room(&self, per_lane: usize) -> bool {
-        self.running < self.limit.unwrap_or(per_lane) && !self.queued.is_empty()
+        self.running < self.window.min(self.limit.unwrap_or(per_lane)) && !self.queued.is_empty()
+    }
+
+    /// Counts an outcome against the endpoint: failures in a row, and the
+    /// window (one more per answered attempt, back to the initial one on an
+    /// endpoint failure).
+    fn answered(&mut self, outcome: &Outcome, per_lane: usize) {
+        if outcome.is_endpoint_failure() {
+            self.failures += 1;
+            self.window = INITIAL_WINDOW;
+        } else if outcome.tried {
+            self.failures = 0;
+            self.window = (self.window + 1).min(self.limit.unwrap_or(per_lane).max(INITIAL_WINDOW));
+        }
     }
 
     /// When the lane's rate lets the next attempt start (None: now).
@@ -109,12 +146,6 @@ impl PoolState {
         }
     }
 
-    /// Whether some lane has an attempt a thread may send now.
-    fn has_work(&self, now: Instant) -> bool {
-        let share = self.fair_share();
-        self.lanes.iter().any(|l| self.may_send(l, share, now))
-    }
-
     /// What one lane may have on the wire while others want to send too:
     /// the capacity shared evenly by the lanes with work (queued or on the
     /// wire), so that slow or hanging webhooks cannot take every slot from
@@ -124,14 +155,12 @@ impl PoolState {
         (self.capacity / active).max(1)
     }
 
-    /// Whether lane `l` may put another attempt on the wire now.
-    fn may_send(&self, l: &LaneState, share: usize, now: Instant) -> bool {
-        l.has_room(self.per_lane) && l.running < share && l.failures < self.halt_after && l.paced_until(now).is_none()
-    }
-
-    /// The next attempt a thread may send, with its lane's index; else the
+    /// The next attempt that may start, with its lane's index; else the
     /// earliest time a lane's rate lets one start, if a lane waits for it.
     fn take(&mut self, now: Instant) -> Result<(usize, Attempt), Option<Instant>> {
+        if self.running >= self.capacity {
+            return Err(None);
+        }
         let n = self.lanes.len();
         let share = self.fair_share();
         let mut earliest: Option<Instant> = None;
@@ -148,6 +177,7 @@ impl PoolState {
             if let Some(a) = lane.queued.pop_front() {
                 lane.running += 1;
                 lane.started(now);
+                self.running += 1;
                 self.next_lane = (i + 1) % n;
                 return Ok((i, a));
             }
@@ -156,229 +186,198 @@ impl PoolState {
     }
 }
 
+impl PoolState {
+    /// Takes back an attempt's slot and keeps its outcome; true when the
+    /// caller should be told outcomes wait.
+    fn finish(&mut self, lane: usize, outcome: Outcome) -> bool {
+        let per_lane = self.per_lane;
+        let l = &mut self.lanes[lane];
+        l.running -= 1;
+        l.answered(&outcome, per_lane);
+        self.running -= 1;
+        self.outcomes.push(outcome);
+        let n = self.outcomes.len();
+        n == 1 || n.is_multiple_of(self.notify_every)
+    }
+}
+
+impl Shared {
+    /// Starts every attempt that may start, then sleeps until something
+    /// changes (or a paced lane's next start), until the pool closes.
+    async fn dispatch(self: Arc<Shared>) {
+        loop {
+            let mut started = Vec::new();
+            let paced = {
+                let Ok(mut st) = self.state.lock() else { return };
+                if st.closed {
+                    return;
+                }
+                let now = Instant::now();
+                loop {
+                    match st.take(now) {
+                        Ok(work) => started.push(work),
+                        Err(paced) => break paced,
+                    }
+                }
+            };
+            for (lane, attempt) in started {
+                let shared = self.clone();
+                tokio::spawn(async move {
+                    let outcome = shared.client.send(&attempt).await;
+                    drop(attempt);
+                    let wake = match shared.state.lock() {
+                        Ok(mut st) => st.finish(lane, outcome),
+                        Err(_) => return,
+                    };
+                    shared.dispatch.notify_one();
+                    if wake {
+                        (shared.notify)();
+                    }
+                });
+            }
+            match paced {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at.into(), self.dispatch.notified()).await;
+                }
+                None => self.dispatch.notified().await,
+            }
+        }
+    }
+
+    /// Changes the state and wakes the dispatcher.
+    fn update(&self, change: impl FnOnce(&mut PoolState)) {
+        if let Ok(mut st) = self.state.lock() {
+            change(&mut st);
+        }
+        self.dispatch.notify_one();
+    }
+
+    fn read<T: Default>(&self, look: impl FnOnce(&PoolState) -> T) -> T {
+        self.state.lock().map(|st| look(&st)).unwrap_or_default()
+    }
+}
+
 impl Pool {
-    pub fn new(threads: usize, per_lane: usize, client: Client, notify: Arc<dyn Fn() + Send + Sync>) -> Pool {
+    /// A pool of `capacity` attempts in flight, `per_lane` of one lane.
+    ///
+    /// The runtime's threads are created with every signal blocked (a
+    /// thread inherits its creator's mask, and each blocks them again as it
+    /// starts, as do the threads the runtime adds for name lookups), so
+    /// that no signal can reach one: PostgreSQL's handlers must run on the
+    /// main thread only.
+    pub fn new(capacity: usize, per_lane: usize, client: Client, notify: Arc<dyn Fn() + Send + Sync>) -> Pool {
         let state = PoolState {
             lanes: Vec::new(),
             next_lane: 0,
             per_lane: per_lane.max(1),
             notify_every: 64,
             halt_after: usize::MAX,
-            capacity: 0,
+            capacity: capacity.max(1),
+            running: 0,
             outcomes: Vec::new(),
             closed: false,
-            idle: 0,
         };
-        let mut pool = Pool { shared: Arc::new((Mutex::new(state), Condvar::new())), client, notify, threads: 0 };
-        pool.grow(threads.max(1));
-        pool
+        let shared =
+            Arc::new(Shared { state: Mutex::new(state), dispatch: tokio::sync::Notify::new(), client, notify });
+        let saved = block_all_signals();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_THREADS)
+            .max_blocking_threads(4)
+            .thread_name("pg_webhooks-http")
+            .on_thread_start(|| {
+                block_all_signals();
+            })
+            .enable_all()
+            .build()
+            .expect("starting the HTTP runtime");
+        runtime.spawn(shared.clone().dispatch());
+        restore_signals(&saved);
+        Pool { shared, runtime: Some(runtime) }
     }
 
-    /// Adds threads until there are `threads` of them. They are created
-    /// with every signal blocked (a thread inherits its creator's mask), so
-    /// that no signal can reach one before it could block them itself:
-    /// PostgreSQL's handlers must run on the main thread only.
-    pub fn grow(&mut self, threads: usize) {
-        let saved = block_all_signals();
-        while self.threads < threads {
-            let shared = self.shared.clone();
-            // Each thread has its own agent, so its own connection pool: a
-            // shared pool is a lock every thread takes twice per request.
-            let client = Client::with_parts(self.client.max_body, self.client.policy.clone(), self.client.tls.clone());
-            let notify = self.notify.clone();
-            std::thread::Builder::new()
-                .name(format!("pg_webhooks-http-{}", self.threads))
-                .spawn(move || {
-                    let (lock, cv) = &*shared;
-                    let mut done: Option<(usize, Outcome)> = None;
-                    loop {
-                        // One lock per attempt: hand in the last outcome and
-                        // take the next attempt in the same critical section.
-                        // A thread with work to do never sleeps in between.
-                        let (job, wake) = {
-                            let Ok(mut st) = lock.lock() else { return };
-                            let mut wake = false;
-                            let freed = done.is_some();
-                            if let Some((lane, outcome)) = done.take() {
-                                let l = &mut st.lanes[lane];
-                                l.running -= 1;
-                                if outcome.is_endpoint_failure() {
-                                    l.failures += 1;
-                                } else if outcome.tried {
-                                    l.failures = 0;
-                                }
-                                st.outcomes.push(outcome);
-                                let n = st.outcomes.len();
-                                wake = n == 1 || n % st.notify_every == 0;
-                            }
-                            let job = loop {
-                                if st.closed {
-                                    break None;
-                                }
-                                let now = Instant::now();
-                                let paced = match st.take(now) {
-                                    Ok(work) => {
-                                        // The slot this thread freed may let
-                                        // an idle one run work of that lane.
-                                        if freed && st.idle > 0 && st.has_work(now) {
-                                            cv.notify_one();
-                                        }
-                                        break Some(work);
-                                    }
-                                    Err(paced) => paced,
-                                };
-                                if wake {
-                                    // Say so before sleeping, not after.
-                                    break None;
-                                }
-                                st.idle += 1;
-                                // A lane held back by its rate is due again
-                                // at `paced`: sleep no longer than that.
-                                st = match paced {
-                                    Some(t) => match cv.wait_timeout(st, t.saturating_duration_since(now)) {
-                                        Ok((g, _)) => g,
-                                        Err(_) => return,
-                                    },
-                                    None => match cv.wait(st) {
-                                        Ok(g) => g,
-                                        Err(_) => return,
-                                    },
-                                };
-                                st.idle -= 1;
-                            };
-                            (job, wake)
-                        };
-                        if wake {
-                            notify();
-                        }
-                        match job {
-                            Some((lane, job)) => done = Some((lane, client.send(&job))),
-                            None if wake => continue,
-                            None => return,
-                        }
-                    }
-                })
-                .expect("spawning an HTTP thread");
-            self.threads += 1;
-        }
-        restore_signals(&saved);
-        if let Ok(mut st) = self.shared.0.lock() {
-            st.capacity = self.threads;
-        }
+    /// Sets how many attempts may be in flight, all lanes. Lowering it lets
+    /// those on the wire finish; no new one starts above it.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.shared.update(|st| st.capacity = capacity.max(1));
     }
 
     /// Sets how many attempts of one lane may be on the wire, and after how
     /// many waiting outcomes `notify` runs again.
     pub fn configure(&self, per_lane: usize, notify_every: usize) {
-        let (lock, cv) = &*self.shared;
-        if let Ok(mut st) = lock.lock() {
+        self.shared.update(|st| {
             st.per_lane = per_lane.max(1);
             st.notify_every = notify_every.max(1);
-        }
-        cv.notify_all();
+        });
     }
 
     /// Stops sending a lane's queue after `n` endpoint failures in a row.
     pub fn halt_after(&self, n: usize) {
-        let (lock, cv) = &*self.shared;
-        if let Ok(mut st) = lock.lock() {
-            st.halt_after = n.max(1);
-        }
-        cv.notify_all();
+        self.shared.update(|st| st.halt_after = n.max(1));
     }
 
     /// Lets a halted lane send again (its next attempt is a probe, or its
     /// endpoint is back).
     pub fn clear_failures(&self, lane: &str) {
-        let (lock, cv) = &*self.shared;
-        if let Ok(mut st) = lock.lock() {
-            st.lane(lane).failures = 0;
-        }
-        cv.notify_all();
+        self.shared.update(|st| st.lane(lane).failures = 0);
     }
 
     /// Sets one lane's limits: at most `max_concurrency` attempts on the
     /// wire (None: the pool's `per_lane`), at most `per_second` started per
     /// second, evenly spaced (None: no rate).
     pub fn set_limits(&self, lane: &str, max_concurrency: Option<usize>, per_second: Option<u32>) {
-        let (lock, cv) = &*self.shared;
-        if let Ok(mut st) = lock.lock() {
+        self.shared.update(|st| {
             let l = st.lane(lane);
             l.limit = max_concurrency.map(|n| n.max(1));
             l.spacing = per_second.map(|r| Duration::from_secs_f64(1.0 / f64::from(r.max(1))));
             if l.spacing.is_none() {
                 l.next_start = None;
             }
-        }
-        cv.notify_all();
+        });
     }
 
     pub fn submit(&self, lane: &str, a: Attempt) {
         self.submit_all(lane, vec![a]);
     }
 
-    /// Queues attempts of one lane at once, waking as many idle threads as
-    /// there are attempts (and no more).
+    /// Queues attempts of one lane at once.
     pub fn submit_all(&self, lane: &str, attempts: Vec<Attempt>) {
-        let (lock, cv) = &*self.shared;
-        let wake = match lock.lock() {
-            Ok(mut st) => {
-                let n = attempts.len();
-                st.lane(lane).queued.extend(attempts);
-                n.min(st.idle)
-            }
-            Err(_) => 0,
-        };
-        for _ in 0..wake {
-            cv.notify_one();
-        }
+        self.shared.update(|st| st.lane(lane).queued.extend(attempts));
     }
 
     /// Removes the attempts of `lane` that are not on the wire yet.
     pub fn withdraw(&self, lane: &str) -> Vec<Attempt> {
-        let (lock, _) = &*self.shared;
-        match lock.lock() {
-            Ok(mut st) => st.lane(lane).queued.drain(..).collect(),
-            Err(_) => Vec::new(),
-        }
+        self.shared.state.lock().map(|mut st| st.lane(lane).queued.drain(..).collect()).unwrap_or_default()
     }
 
     /// Attempts of `lane` queued or on the wire.
     pub fn load(&self, lane: &str) -> usize {
-        let (lock, _) = &*self.shared;
-        lock.lock()
-            .map(|st| st.lanes.iter().find(|l| l.name == lane).map_or(0, |l| l.queued.len() + l.running))
-            .unwrap_or(0)
+        self.shared.read(|st| st.lanes.iter().find(|l| l.name == lane).map_or(0, |l| l.queued.len() + l.running))
     }
 
     /// Attempts of `lane` on the wire.
     pub fn running_in(&self, lane: &str) -> usize {
-        let (lock, _) = &*self.shared;
-        lock.lock().map(|st| st.lanes.iter().find(|l| l.name == lane).map_or(0, |l| l.running)).unwrap_or(0)
+        self.shared.read(|st| st.lanes.iter().find(|l| l.name == lane).map_or(0, |l| l.running))
     }
 
     /// Attempts on the wire, all lanes.
     pub fn running(&self) -> usize {
-        let (lock, _) = &*self.shared;
-        lock.lock().map(|st| st.lanes.iter().map(|l| l.running).sum()).unwrap_or(0)
+        self.shared.read(|st| st.running)
     }
 
     /// Every outcome that has arrived, without waiting.
     pub fn outcomes(&self) -> Vec<Outcome> {
-        let (lock, _) = &*self.shared;
-        lock.lock().map(|mut st| std::mem::take(&mut st.outcomes)).unwrap_or_default()
+        self.shared.state.lock().map(|mut st| std::mem::take(&mut st.outcomes)).unwrap_or_default()
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        // Idle threads end; busy ones end after their attempt. They are not
-        // joined: a hanging attempt must not hold up the worker's exit.
-        let (lock, cv) = &*self.shared;
-        if let Ok(mut st) = lock.lock() {
-            st.closed = true;
+        // Attempts still on the wire are dropped, not awaited: a hanging
+        // attempt must not hold up the worker's exit.
+        self.shared.update(|st| st.closed = true);
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
-        cv.notify_all();
     }
 }
 
@@ -457,10 +456,10 @@ mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
 
-    #[test]
-    fn pool_delivers_concurrently_and_notifies() {
-        // The server answers nobody until all 8 requests have arrived: only a
-        // pool that really sends them at once gets 200s.
+    /// A server that answers nobody until `n` requests have arrived (or
+    /// 10 s went by): only a pool that really has them all on the wire at
+    /// once gets 200s.
+    fn gathering_server(n: usize) -> String {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/", l.local_addr().unwrap());
         let arrived = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
@@ -468,29 +467,38 @@ mod tests {
             for s in l.incoming() {
                 let s = s.unwrap();
                 let arrived = arrived.clone();
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(s.try_clone().unwrap());
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
+                std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        let mut r = BufReader::new(s.try_clone().unwrap());
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                let mut body = [0u8; 7];
+                                r.read_exact(&mut body).unwrap();
+                                let (count, cv) = &*arrived;
+                                let mut got = count.lock().unwrap();
+                                *got += 1;
+                                cv.notify_all();
+                                let _ = cv.wait_timeout_while(got, Duration::from_secs(10), |got| *got < n).unwrap();
+                                let mut w: &TcpStream = &s;
+                                w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+                            }
                         }
-                        if line == "\r\n" {
-                            let mut body = [0u8; 7];
-                            r.read_exact(&mut body).unwrap();
-                            let (count, cv) = &*arrived;
-                            let mut n = count.lock().unwrap();
-                            *n += 1;
-                            cv.notify_all();
-                            let _ = cv.wait_timeout_while(n, Duration::from_secs(5), |n| *n < 8).unwrap();
-                            let mut w: &TcpStream = &s;
-                            w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
-                        }
-                    }
-                });
+                    })
+                    .unwrap();
             }
         });
+        url
+    }
+
+    #[test]
+    fn pool_delivers_concurrently_and_notifies() {
+        let url = gathering_server(8);
         let notified = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let n = notified.clone();
         let pool = Pool::new(
@@ -507,6 +515,59 @@ mod tests {
         let got = wait_outcomes(&pool, 8);
         assert_eq!(got, (0..8).map(|t| (t, Some(200))).collect::<Vec<_>>());
         assert!(notified.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the caller is told outcomes arrived");
+    }
+
+    /// Hundreds of requests on the wire at once, on the runtime's
+    /// [`RUNTIME_THREADS`] threads: a request waiting for its answer holds
+    /// no thread.
+    #[test]
+    fn hundreds_in_flight_on_two_threads() {
+        let url = gathering_server(600);
+        let pool = Pool::new(1000, 1000, Client::new(100), Arc::new(|| {}));
+        open_window(&pool, "lane", 600);
+        pool.submit_all("lane", (0..600).map(|tag| Attempt { tag, ..attempt(&url, 15_000) }).collect());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.running() < 600 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(pool.running(), 600, "all on the wire at once");
+        let got = wait_outcomes(&pool, 600);
+        assert_eq!(got.len(), 600);
+        assert!(got.iter().all(|(_, s)| *s == Some(200)), "every one answered once all 600 had arrived");
+    }
+
+    /// Has `n` attempts of `lane` answered, so that its window lets `n`
+    /// more be on the wire than [`INITIAL_WINDOW`].
+    fn open_window(pool: &Pool, lane: &str, n: usize) {
+        let (url, _) = recording_server();
+        pool.submit_all(
+            lane,
+            (0..n as u64).map(|tag| Attempt { tag: 1_000_000 + tag, ..attempt(&url, 3000) }).collect(),
+        );
+        let answered = wait_outcomes(pool, n);
+        assert!(answered.len() == n && answered.iter().all(|(_, s)| *s == Some(200)), "warm-up answered");
+    }
+
+    #[test]
+    fn a_lane_earns_its_window_and_an_endpoint_failure_takes_it_back() {
+        let hang = TcpListener::bind("127.0.0.1:0").unwrap();
+        let hang_url = format!("http://{}/", hang.local_addr().unwrap());
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = format!("http://{}/", l.local_addr().unwrap());
+        drop(l);
+        let pool = Pool::new(1000, 1000, Client::new(100), Arc::new(|| {}));
+        open_window(&pool, "earned", 30);
+        open_window(&pool, "lost", 30);
+        pool.submit("lost", Attempt { tag: 7, ..attempt(&refused, 1000) });
+        assert_eq!(wait_outcomes(&pool, 1).len(), 1);
+        for lane in ["fresh", "earned", "lost"] {
+            pool.submit_all(lane, (0..100).map(|tag| Attempt { tag, ..attempt(&hang_url, 5000) }).collect());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(pool.running_in("fresh"), INITIAL_WINDOW, "a new lane starts with the initial window");
+        assert_eq!(pool.running_in("earned"), INITIAL_WINDOW + 30, "one more per answered attempt");
+        assert_eq!(pool.running_in("lost"), INITIAL_WINDOW, "an endpoint failure set the window back");
+        drop(hang);
     }
 
     fn wait_outcomes(pool: &Pool, n: usize) -> Vec<(u64, Option<u16>)> {

@@ -1,42 +1,61 @@
-//! Host name resolution for the HTTP client.
+//! Which addresses the HTTP client may connect to, and host name lookups.
 //!
-//! ureq resolves the host before every request, pooled connection or not,
-//! and with a timeout set it does so on a new thread each time: one thread
-//! created and torn down per delivery. This resolver answers IP addresses
-//! at once and keeps names it resolved for a few seconds, so a steady
-//! stream to one webhook resolves its host about once per [`TTL`] and
-//! starts no threads in between. A failed lookup is not kept.
+//! Every address a request could go to passes the destination policy
+//! (`webhooks.allow_networks` / `deny_networks`) first: a name's addresses
+//! in [`CachingResolver::lookup`], whose answer is all the client connects
+//! to, and an address written in the URL also in
+//! [`CachingResolver::check_url`], before anything else happens. What was
+//! checked is what is connected to.
+//!
+//! Names are looked up with the system's resolver (`getaddrinfo`, on the
+//! runtime's blocking threads) and kept for [`TTL`], so that a steady stream
+//! to one webhook looks its host up about once per TTL. A failed lookup is
+//! not kept.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use ureq::config::Config;
-
 use crate::destination::NetPolicy;
-use ureq::http::Uri;
-use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::NextTimeout;
 
 /// How long a resolved name is used before it is looked up again.
 pub const TTL: Duration = Duration::from_secs(5);
 
-/// The destination policy, shared by every thread's resolver and replaced
-/// on reload.
+/// At most this many of a name's addresses are tried.
+const MAX_ADDRESSES: usize = 16;
+
+/// The destination policy, shared by every request and replaced on reload.
 pub type SharedPolicy = Arc<RwLock<NetPolicy>>;
 
-#[derive(Default)]
-pub struct CachingResolver {
-    inner: DefaultResolver,
-    names: Mutex<HashMap<String, (Instant, Vec<SocketAddr>)>>,
-    policy: SharedPolicy,
+/// Why a host gave no address to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    /// The policy refused every address; the rule that refused one.
+    Refused(String),
+    /// The name has no address (or the lookup failed).
+    NotFound(String),
 }
 
-impl std::fmt::Debug for CachingResolver {
+impl std::fmt::Display for ResolveError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CachingResolver").finish()
+        match self {
+            ResolveError::Refused(why) => f.write_str(why),
+            ResolveError::NotFound(why) => write!(f, "host not found ({why})"),
+        }
     }
+}
+
+impl std::error::Error for ResolveError {}
+
+/// Names looked up, with when each lookup was made.
+type NameCache = HashMap<String, (Instant, Vec<IpAddr>)>;
+
+/// The client's resolver: cheap to clone, every clone shares one cache.
+#[derive(Clone, Default)]
+pub struct CachingResolver {
+    names: Arc<Mutex<NameCache>>,
+    policy: SharedPolicy,
 }
 
 impl CachingResolver {
@@ -44,115 +63,113 @@ impl CachingResolver {
         CachingResolver { policy, ..CachingResolver::default() }
     }
 
-    /// The addresses the policy allows, at most 16; an error naming the
-    /// rule when it allows none. The connection is made to these addresses
-    /// only, so what was checked is what is connected to.
-    fn addrs(&self, list: &[SocketAddr]) -> Result<ResolvedSocketAddrs, ureq::Error> {
+    /// The addresses the policy allows, at most [`MAX_ADDRESSES`]; an error
+    /// naming the rule when it allows none.
+    fn allowed(&self, list: &[IpAddr]) -> Result<Vec<IpAddr>, ResolveError> {
         let policy = self.policy.read().map(|p| p.clone()).unwrap_or_default();
-        let mut out = self.empty();
+        let mut out = Vec::new();
         let mut refused = None;
-        for a in list {
-            match policy.check(a.ip()) {
-                Ok(()) if out.len() < 16 => out.push(*a),
+        for ip in list {
+            match policy.check(*ip) {
+                Ok(()) if out.len() < MAX_ADDRESSES => out.push(*ip),
                 Ok(()) => {}
                 Err(why) => refused = refused.or(Some(why)),
             }
         }
-        if out.is_empty() {
-            if let Some(why) = refused {
-                return Err(ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)));
-            }
+        match (out.is_empty(), refused) {
+            (true, Some(why)) => Err(ResolveError::Refused(why)),
+            _ => Ok(out),
         }
-        Ok(out)
     }
-}
 
-/// The port of `uri`: explicit, or the scheme's default.
-fn port(uri: &Uri) -> Option<u16> {
-    uri.port_u16().or(match uri.scheme_str() {
-        Some("http") => Some(80),
-        Some("https") => Some(443),
-        _ => None,
-    })
-}
-
-impl Resolver for CachingResolver {
-    fn resolve(&self, uri: &Uri, config: &Config, timeout: NextTimeout) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let (Some(host), Some(port)) = (uri.host(), port(uri)) else {
-            return self.inner.resolve(uri, config, timeout);
+    /// Checks a URL whose host is an address (the client connects to those
+    /// without asking the resolver); names are checked when looked up.
+    pub fn check_url(&self, url: &url::Url) -> Result<(), ResolveError> {
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+            _ => return Ok(()),
         };
-        // An address literal (brackets around IPv6) needs no lookup.
+        self.allowed(&[ip]).map(|_| ())
+    }
+
+    /// The allowed addresses of `host` (port 0: the client sets the URL's).
+    pub async fn lookup(&self, host: &str) -> Result<Vec<SocketAddr>, ResolveError> {
         if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-            return self.addrs(&[SocketAddr::new(ip, port)]);
+            return Ok(self.allowed(&[ip])?.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect());
         }
-        let key = format!("{host}:{port}");
-        let cached = self.names.lock().unwrap().get(&key).filter(|(at, _)| at.elapsed() < TTL).map(|(_, l)| l.clone());
-        if let Some(list) = cached {
-            return self.addrs(&list);
-        }
-        let resolved = self.inner.resolve(uri, config, timeout)?;
-        let list: Vec<SocketAddr> = resolved.iter().copied().collect();
-        {
-            let mut names = self.names.lock().unwrap();
-            names.retain(|_, (at, _)| at.elapsed() < TTL);
-            names.insert(key, (Instant::now(), list.clone()));
-        }
-        self.addrs(&list)
+        let cached = self
+            .names
+            .lock()
+            .ok()
+            .and_then(|names| names.get(host).filter(|(at, _)| at.elapsed() < TTL).map(|(_, l)| l.clone()));
+        let list = match cached {
+            Some(list) => list,
+            None => {
+                let found: Vec<IpAddr> = tokio::net::lookup_host((host, 0))
+                    .await
+                    .map_err(|e| ResolveError::NotFound(e.to_string()))?
+                    .map(|a| a.ip())
+                    .collect();
+                if found.is_empty() {
+                    return Err(ResolveError::NotFound("no address".into()));
+                }
+                if let Ok(mut names) = self.names.lock() {
+                    names.retain(|_, (at, _)| at.elapsed() < TTL);
+                    names.insert(host.to_string(), (Instant::now(), found.clone()));
+                }
+                found
+            }
+        };
+        Ok(self.allowed(&list)?.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ureq::unversioned::transport::time::Duration as UDuration;
 
-    fn no_timeout() -> NextTimeout {
-        NextTimeout { after: UDuration::NotHappening, reason: ureq::Timeout::Global, ..NextTimeout::default() }
-    }
-
-    #[test]
-    fn literals_are_answered_without_lookup() {
-        let r = CachingResolver::default();
-        let cfg = Config::default();
-        let got = r.resolve(&"http://127.0.0.1:8080/x".parse().unwrap(), &cfg, no_timeout()).unwrap();
-        assert_eq!(got.iter().copied().collect::<Vec<_>>(), vec!["127.0.0.1:8080".parse().unwrap()]);
-        let got = r.resolve(&"https://[::1]/x".parse().unwrap(), &cfg, no_timeout()).unwrap();
-        assert_eq!(got.iter().copied().collect::<Vec<_>>(), vec!["[::1]:443".parse().unwrap()]);
-        assert!(r.names.lock().unwrap().is_empty(), "literals are not cached: there is nothing to look up");
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
     }
 
     #[test]
     fn names_are_kept_for_a_while_and_failures_are_not() {
         let r = CachingResolver::default();
-        let cfg = Config::default();
-        let got = r.resolve(&"http://localhost:9/".parse().unwrap(), &cfg, no_timeout()).unwrap();
-        assert!(got.iter().all(|a| a.ip().is_loopback() && a.port() == 9));
-        assert!(r.names.lock().unwrap().contains_key("localhost:9"));
+        let got = block_on(r.lookup("localhost")).unwrap();
+        assert!(!got.is_empty() && got.iter().all(|a| a.ip().is_loopback() && a.port() == 0), "{got:?}");
+        assert!(r.names.lock().unwrap().contains_key("localhost"));
         // A cached answer is served from the cache: poison the entry to see it.
-        r.names.lock().unwrap().insert("localhost:9".into(), (Instant::now(), vec!["10.9.9.9:9".parse().unwrap()]));
-        let got = r.resolve(&"http://localhost:9/".parse().unwrap(), &cfg, no_timeout()).unwrap();
-        assert_eq!(got.iter().copied().collect::<Vec<_>>(), vec!["10.9.9.9:9".parse().unwrap()]);
+        let poison = vec!["10.9.9.9".parse().unwrap()];
+        r.names.lock().unwrap().insert("localhost".into(), (Instant::now(), poison.clone()));
+        assert_eq!(block_on(r.lookup("localhost")).unwrap(), vec!["10.9.9.9:0".parse().unwrap()]);
         // ... until it expires.
-        r.names
-            .lock()
-            .unwrap()
-            .insert("localhost:9".into(), (Instant::now() - TTL, vec!["10.9.9.9:9".parse().unwrap()]));
-        let got = r.resolve(&"http://localhost:9/".parse().unwrap(), &cfg, no_timeout()).unwrap();
-        assert!(got.iter().all(|a| a.ip().is_loopback()));
-        assert!(r.resolve(&"http://no-such-host.invalid/".parse().unwrap(), &cfg, no_timeout()).is_err());
-        assert!(!r.names.lock().unwrap().contains_key("no-such-host.invalid:80"));
+        r.names.lock().unwrap().insert("localhost".into(), (Instant::now() - TTL, poison));
+        assert!(block_on(r.lookup("localhost")).unwrap().iter().all(|a| a.ip().is_loopback()));
+        let e = block_on(r.lookup("no-such-host.invalid")).unwrap_err();
+        assert!(matches!(e, ResolveError::NotFound(_)), "{e:?}");
+        assert!(!r.names.lock().unwrap().contains_key("no-such-host.invalid"));
     }
 
     #[test]
     fn refused_destinations_are_never_returned() {
         let policy: SharedPolicy = Arc::default();
         let r = CachingResolver::with_policy(policy.clone());
-        let cfg = Config::default();
-        assert!(r.resolve(&"http://127.0.0.1:9/".parse().unwrap(), &cfg, no_timeout()).is_ok());
+        let literal = url::Url::parse("http://127.0.0.1:9/").unwrap();
+        assert!(r.check_url(&literal).is_ok());
         *policy.write().unwrap() = NetPolicy::from_settings("", "127.0.0.0/8, ::1").0;
-        for url in ["http://127.0.0.1:9/", "http://localhost:9/"] {
-            let e = r.resolve(&url.parse().unwrap(), &cfg, no_timeout()).unwrap_err().to_string();
-            assert!(e.contains("is refused by webhooks.deny_networks (127.0.0.0/8)"), "{url}: {e}");
+        let e = r.check_url(&literal).unwrap_err().to_string();
+        assert!(e.contains("is refused by webhooks.deny_networks (127.0.0.0/8)"), "{e}");
+        // Any spelling of an address the URL parser accepts is the address.
+        let e = r.check_url(&url::Url::parse("http://2130706433:9/").unwrap()).unwrap_err().to_string();
+        assert!(e.contains("127.0.0.1 is refused"), "{e}");
+        let e = r.check_url(&url::Url::parse("http://[::1]:9/").unwrap()).unwrap_err().to_string();
+        assert!(e.contains("is refused by webhooks.deny_networks"), "{e}");
+        for host in ["localhost", "127.0.0.1"] {
+            let e = block_on(r.lookup(host)).unwrap_err().to_string();
+            assert!(e.contains("is refused by webhooks.deny_networks (127.0.0.0/8)"), "{host}: {e}");
         }
+        // A name is checked only by lookup, never refused by check_url.
+        assert!(r.check_url(&url::Url::parse("http://localhost:9/").unwrap()).is_ok());
     }
 }

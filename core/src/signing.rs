@@ -120,7 +120,7 @@ mod tests {
         let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let sig = sign(&keys, "msg_1", ts, body);
         assert_eq!(sig.split(' ').count(), 2);
-        let mut headers = ureq::http::HeaderMap::new();
+        let mut headers = http::HeaderMap::new();
         headers.insert("webhook-id", "msg_1".parse().unwrap());
         headers.insert("webhook-timestamp", ts.to_string().parse().unwrap());
         headers.insert("webhook-signature", sig.parse().unwrap());

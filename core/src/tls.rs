@@ -11,7 +11,9 @@
 
 use std::sync::Arc;
 
-use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
 
 /// Where operating systems keep their bundle of trusted CAs, in the order
 /// looked at: Debian and Ubuntu, Fedora and RHEL, Alpine and others.
@@ -26,61 +28,91 @@ pub struct TlsSettings {
     pub client_key: String,
 }
 
-/// The client's TLS configuration and where its roots came from (for the
-/// log line).
+/// The client's TLS configuration, where its roots came from (for the log
+/// line) and how many there are.
 pub struct Loaded {
-    pub config: TlsConfig,
+    pub config: Arc<ClientConfig>,
     pub roots: String,
+    pub anchors: usize,
 }
 
-fn read_pem(setting: &str, path: &str) -> Result<Vec<PemItem<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{setting} = '{path}' cannot be read: {e}"))?;
-    ureq::tls::parse_pem(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{setting} = '{path}' is not PEM: {e}"))
+fn read(setting: &str, path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{setting} = '{path}' cannot be read: {e}"))
 }
 
-fn certificates(setting: &str, path: &str) -> Result<Vec<Certificate<'static>>, String> {
-    let certs: Vec<Certificate<'static>> = read_pem(setting, path)?
-        .into_iter()
-        .filter_map(|i| match i {
-            PemItem::Certificate(c) => Some(c),
-            _ => None,
-        })
-        .collect();
+fn certificates(setting: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(&read(setting, path)?)
+        .collect::<Result<Vec<_>, pem::Error>>()
+        .map_err(|e| format!("{setting} = '{path}' is not PEM: {e}"))?;
     if certs.is_empty() {
         return Err(format!("{setting} = '{path}' holds no certificate"));
     }
     Ok(certs)
 }
 
+/// rustls with the ring provider and its safe default protocol versions
+/// (TLS 1.2 and 1.3).
+fn builder() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+}
+
 /// Loads the configuration of `s`. An error names the setting, the file and
 /// what is wrong with it.
 pub fn load(s: &TlsSettings) -> Result<Loaded, String> {
-    let (roots, from) = if !s.ca_file.is_empty() {
-        (RootCerts::Specific(Arc::new(certificates("webhooks.ca_file", &s.ca_file)?)), s.ca_file.clone())
+    let mut store = RootCertStore::empty();
+    let roots = if !s.ca_file.is_empty() {
+        store.add_parsable_certificates(certificates("webhooks.ca_file", &s.ca_file)?);
+        if store.is_empty() {
+            return Err(format!("webhooks.ca_file = '{}' holds no usable CA certificate", s.ca_file));
+        }
+        s.ca_file.clone()
     } else if let Some(bundle) = SYSTEM_BUNDLES.iter().find(|p| std::path::Path::new(p).exists()) {
-        (RootCerts::Specific(Arc::new(certificates("the system's CA bundle", bundle)?)), bundle.to_string())
+        store.add_parsable_certificates(certificates("the system's CA bundle", bundle)?);
+        bundle.to_string()
     } else {
-        (RootCerts::WebPki, "the Mozilla roots compiled into pg_webhooks (no system CA bundle found)".to_string())
+        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        "the Mozilla roots compiled into pg_webhooks (no system CA bundle found)".to_string()
     };
-    let client = match (s.client_cert.is_empty(), s.client_key.is_empty()) {
-        (true, true) => None,
+    let anchors = store.len();
+    let with_roots = builder().with_root_certificates(store);
+    let config = match (s.client_cert.is_empty(), s.client_key.is_empty()) {
+        (true, true) => with_roots.with_no_client_auth(),
         (false, false) => {
             let chain = certificates("webhooks.tls_client_cert", &s.client_cert)?;
-            let key: PrivateKey<'static> = read_pem("webhooks.tls_client_key", &s.client_key)?
-                .into_iter()
-                .find_map(|i| match i {
-                    PemItem::PrivateKey(k) => Some(k),
-                    _ => None,
-                })
-                .ok_or_else(|| format!("webhooks.tls_client_key = '{}' holds no private key", s.client_key))?;
-            Some(ClientCert::new_with_certs(&chain, key))
+            let key =
+                PrivateKeyDer::from_pem_slice(&read("webhooks.tls_client_key", &s.client_key)?).map_err(
+                    |e| match e {
+                        pem::Error::NoItemsFound => {
+                            format!("webhooks.tls_client_key = '{}' holds no private key", s.client_key)
+                        }
+                        e => format!("webhooks.tls_client_key = '{}' is not PEM: {e}", s.client_key),
+                    },
+                )?;
+            with_roots.with_client_auth_cert(chain, key).map_err(|e| {
+                format!(
+                    "webhooks.tls_client_key = '{}' does not suit webhooks.tls_client_cert = '{}': {e}",
+                    s.client_key, s.client_cert
+                )
+            })?
         }
         _ => return Err("webhooks.tls_client_cert and webhooks.tls_client_key must be set together".into()),
     };
-    let config = TlsConfig::builder().root_certs(roots).client_cert(client).build();
-    Ok(Loaded { config, roots: from })
+    Ok(Loaded { config: Arc::new(config), roots, anchors })
+}
+
+/// A configuration that trusts no server: what HTTPS uses while a TLS
+/// setting cannot be loaded, so that attempts fail rather than trust more
+/// than the operator asked for.
+pub fn trust_nothing() -> Arc<ClientConfig> {
+    Arc::new(builder().with_root_certificates(RootCertStore::empty()).with_no_client_auth())
+}
+
+/// The default configuration (the system's bundle), or one that trusts
+/// nothing when even that cannot be read.
+pub fn default_config() -> Arc<ClientConfig> {
+    load(&TlsSettings::default()).map(|l| l.config).unwrap_or_else(|_| trust_nothing())
 }
 
 #[cfg(test)]
@@ -93,9 +125,9 @@ mod tests {
         match SYSTEM_BUNDLES.iter().find(|p| std::path::Path::new(p).exists()) {
             Some(bundle) => {
                 assert_eq!(loaded.roots, *bundle);
-                assert!(matches!(loaded.config.root_certs(), RootCerts::Specific(c) if c.len() > 10));
+                assert!(loaded.anchors > 10, "{} roots in {bundle}", loaded.anchors);
             }
-            None => assert!(matches!(loaded.config.root_certs(), RootCerts::WebPki)),
+            None => assert_eq!(loaded.anchors, webpki_roots::TLS_SERVER_ROOTS.len()),
         }
     }
 
@@ -218,7 +250,7 @@ mod https_tests {
     fn send(client: &Client, url: &str) -> Result<u16, String> {
         let a =
             Attempt { tag: 1, url: url.into(), headers: vec![], body: "{}".into(), timeout: Duration::from_secs(5) };
-        let o = client.send(&a);
+        let o = crate::http::test_server::send(client, &a);
         match (o.error, o.response) {
             (None, Some(r)) => Ok(r.status),
             (e, _) => Err(e.unwrap_or_default()),

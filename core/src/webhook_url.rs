@@ -23,7 +23,7 @@ pub fn normalize(url: &str) -> Result<String, String> {
     let normalized = parsed.to_string();
     // What the HTTP client will parse: anything it refuses fails here,
     // not at every attempt.
-    if let Err(e) = normalized.parse::<ureq::http::Uri>() {
+    if let Err(e) = normalized.parse::<http::Uri>() {
         return Err(format!("cannot be sent as an HTTP request target ({e})"));
     }
     Ok(normalized)

@@ -11,6 +11,7 @@
 //! | `/fail-first/K/...` | 500 for the first K requests of each `webhook-id`, then 200 |
 //! | `/reject-first/K/...` | 409 (a failure that is not the endpoint's) for the first K requests of each `webhook-id`, then 200 |
 //! | `/hang/...` | never answers (until the receiver stops) |
+//! | `/hang-after/K/...` | 200 to the first K requests on this path, then never answers |
 //! | `/slow/MS/...` | 200 after MS milliseconds |
 //! | `/trickle/...` | a 200 whose body comes one byte every 200 ms, 100 bytes |
 //! | `/big/...` | a 200 with a 10 MB body |
@@ -59,6 +60,7 @@ impl Received {
 struct State {
     received: Vec<Received>,
     per_event: HashMap<String, usize>,
+    per_path: HashMap<String, usize>,
 }
 
 pub struct Receiver {
@@ -214,17 +216,20 @@ fn serve(stream: TcpStream, state: Arc<(Mutex<State>, Condvar)>, stop: Arc<Atomi
             body: String::from_utf8_lossy(&body).into_owned(),
             at: Instant::now(),
         };
-        let attempt_of_event = {
+        let (attempt_of_event, on_path) = {
             let (lock, cv) = &*state;
             let mut s = lock.lock().unwrap();
             let n = s.per_event.entry(req.event_id()).or_default();
             *n += 1;
             let n = *n;
+            let p = s.per_path.entry(path.clone()).or_default();
+            *p += 1;
+            let p = *p;
             s.received.push(req);
             cv.notify_all();
-            n
+            (n, p)
         };
-        if !answer(&mut out, &path, attempt_of_event, &stop, &headers) {
+        if !answer(&mut out, &path, Counts { attempt_of_event, on_path }, &stop, &headers) {
             return;
         }
     }
@@ -249,11 +254,17 @@ fn respond(out: &mut TcpStream, status: u16, extra: &str, body: &str) -> bool {
     out.write_all(msg.as_bytes()).is_ok()
 }
 
+/// Which request this is: of its event (`webhook-id`), of its path.
+struct Counts {
+    attempt_of_event: usize,
+    on_path: usize,
+}
+
 /// Answers one request; false when the connection is done.
 fn answer(
     out: &mut TcpStream,
     path: &str,
-    attempt_of_event: usize,
+    Counts { attempt_of_event, on_path }: Counts,
     stop: &AtomicBool,
     headers: &[(String, String)],
 ) -> bool {
@@ -287,7 +298,8 @@ fn answer(
                 respond(out, 200, "", "ok")
             }
         }
-        "hang" => {
+        "hang-after" if on_path as u64 <= num(1) => respond(out, 200, "", "ok"),
+        "hang" | "hang-after" => {
             while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -257,6 +257,46 @@ fn a_max_concurrency_throttle_caps_requests_in_flight() {
     }
 }
 
+/// Webhooks that hang hold only their own trigger's slots (#15): beside
+/// three of them, each holding as many requests as one trigger may (a
+/// quarter of the default 1,024: each answered 300 requests first, which
+/// opened its window that far), a healthy trigger whose webhook answers in
+/// 100 ms delivers its whole backlog while those requests still hang. With
+/// a thread per request it waited for their timeout.
+#[test]
+fn hanging_webhooks_leave_a_healthy_trigger_its_slots() {
+    let r = Receiver::start();
+    let mut c = connect();
+    let (answered, per_trigger) = (300, 256);
+    for i in 1..=3 {
+        let name = format!("fair_hang{i}");
+        watch(
+            &mut c,
+            &name,
+            &r.url(&format!("/hang-after/{answered}/{name}")),
+            json!({"retry_conf": {"num_retries": 0, "timeout_sec": 60}}),
+        );
+        c.batch_execute(&format!("INSERT INTO {name} SELECT g FROM generate_series(1, {answered} + 400) g")).unwrap();
+    }
+    r.wait_until(WAIT, "the hanging webhooks' requests", |got| {
+        got.iter().filter(|g| g.path.starts_with("/hang-after/")).count() >= 3 * (answered + per_trigger)
+    });
+    watch(&mut c, "fair_ok", &r.url("/slow/100/fair_ok"), json!({}));
+    c.batch_execute("INSERT INTO fair_ok SELECT g FROM generate_series(1, 1000) g").unwrap();
+    eventually(WAIT, "the healthy trigger's 1000 deliveries", || {
+        (one::<i64>(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE trigger_name = 'fair_ok' AND delivered")
+            == 1000)
+            .then_some(())
+    });
+    let hanging = r.received_on("/hang-after/").len() - 3 * answered;
+    let ended: i64 =
+        one(&mut c, "SELECT count(*) FROM webhooks.event_log WHERE trigger_name LIKE 'fair_hang%' AND error");
+    assert_eq!((hanging, ended), (3 * per_trigger, 0), "the hanging requests were still on the wire, none more");
+    for name in ["fair_hang1", "fair_hang2", "fair_hang3", "fair_ok"] {
+        c.batch_execute(&format!("SELECT webhooks.delete_event_trigger('{name}')")).unwrap();
+    }
+}
+
 #[test]
 fn an_endpoint_that_is_down_gets_probes_not_the_backlog() {
     let r = Receiver::start();
