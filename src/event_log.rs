@@ -614,7 +614,8 @@ const CLAIM: &str = concat!(
 
 /// The claim of ordered triggers (see [`claim_ordered`]).
 const CLAIM_ORDERED: &str = concat!(
-    "WITH lim AS (SELECT l.* FROM unnest($1::text[], $2::int4[]) AS l(name, n)
+    "WITH lim AS (SELECT l.* FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::uuid[])
+                                   AS l(name, n, after_due, after_id)
                   JOIN webhooks.event_triggers t ON t.name = l.name AND NOT t.paused),
                  due AS (
                      SELECT d.id FROM lim CROSS JOIN LATERAL (
@@ -630,6 +631,7 @@ const CLAIM_ORDERED: &str = concat!(
                                  AND p.ordering_key IS NOT NULL
                                  AND NOT p.delivered AND NOT p.error AND NOT p.archived
                                  AND p.id < e.id))
+                           AND (e.next_retry_at, e.id) > (lim.after_due, lim.after_id)
                          ORDER BY e.next_retry_at, e.id
                          LIMIT lim.n
                          FOR UPDATE SKIP LOCKED) d)
@@ -640,15 +642,18 @@ const CLAIM_ORDERED: &str = concat!(
 /// Claims due events of ordered triggers: up to `limits[i]` of trigger
 /// `names[i]`, each the first pending event of its `ordering_key` (an
 /// earlier one in flight, waiting for a retry or not yet committed to
-/// delivered holds it back), and events without a key (MANUAL ones).
-pub fn claim_ordered(names: Vec<String>, limits: Vec<i32>) -> Vec<Claimed> {
+/// delivered holds it back), and events without a key (MANUAL ones), after
+/// `cursors[i]` when given (as [`claim`]'s).
+pub fn claim_ordered(names: Vec<String>, limits: Vec<i32>, cursors: Vec<Option<Cursor>>) -> Vec<Claimed> {
     if names.is_empty() {
         return Vec::new();
     }
+    let (after_due, after_id) = cursor_args(cursors);
     Spi::connect_mut(|c| {
-        let claim = plan(c, CLAIM_ORDERED, &[pg_sys::TEXTARRAYOID, pg_sys::INT4ARRAYOID]);
+        let claim = plan(c, CLAIM_ORDERED, &CLAIM_ARGS);
         let rows =
-            spi(c.update(&*claim, None, &[names.into(), limits.into()]).map(Some)).expect("update returns a table");
+            spi(c.update(&*claim, None, &[names.into(), limits.into(), after_due.into(), after_id.into()]).map(Some))
+                .expect("update returns a table");
         let mut out: Vec<Claimed> = rows.into_iter().map(|r| claimed_row(&r)).collect();
         out.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
         out
@@ -677,20 +682,9 @@ pub fn claim(names: Vec<String>, limits: Vec<i32>, cursors: Vec<Option<Cursor>>)
     if names.is_empty() {
         return Vec::new();
     }
-    let start = Some(pgrx::datum::TimestampWithTimeZone::negative_infinity());
-    let (after_due, after_id): (Vec<_>, Vec<_>) = cursors
-        .into_iter()
-        .map(|c| match c {
-            Some((due, id)) => (Some(due), id),
-            None => (start, pgrx::Uuid::from_bytes([0; 16])),
-        })
-        .unzip();
+    let (after_due, after_id) = cursor_args(cursors);
     Spi::connect_mut(|c| {
-        let claim = plan(
-            c,
-            CLAIM,
-            &[pg_sys::TEXTARRAYOID, pg_sys::INT4ARRAYOID, pg_sys::TIMESTAMPTZARRAYOID, pg_sys::UUIDARRAYOID],
-        );
+        let claim = plan(c, CLAIM, &CLAIM_ARGS);
         let rows =
             spi(c.update(&*claim, None, &[names.into(), limits.into(), after_due.into(), after_id.into()]).map(Some))
                 .expect("update returns a table");
@@ -699,6 +693,24 @@ pub fn claim(names: Vec<String>, limits: Vec<i32>, cursors: Vec<Option<Cursor>>)
         out.sort_by(|a, b| a.due.cmp(&b.due).then_with(|| a.id.as_bytes().cmp(b.id.as_bytes())));
         out
     })
+}
+
+/// The argument types of both claims: names, limits, cursors' due times and
+/// ids.
+const CLAIM_ARGS: [pg_sys::Oid; 4] =
+    [pg_sys::TEXTARRAYOID, pg_sys::INT4ARRAYOID, pg_sys::TIMESTAMPTZARRAYOID, pg_sys::UUIDARRAYOID];
+
+/// The cursors as the claims' two array arguments; a lane without one
+/// starts before every event.
+fn cursor_args(cursors: Vec<Option<Cursor>>) -> (Vec<Option<pgrx::datum::TimestampWithTimeZone>>, Vec<pgrx::Uuid>) {
+    let start = Some(pgrx::datum::TimestampWithTimeZone::negative_infinity());
+    cursors
+        .into_iter()
+        .map(|c| match c {
+            Some((due, id)) => (Some(due), id),
+            None => (start, pgrx::Uuid::from_bytes([0; 16])),
+        })
+        .unzip()
 }
 
 /// When the next pending, unlocked event of these triggers is due, in

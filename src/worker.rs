@@ -612,9 +612,9 @@ impl Worker {
     /// Claims due events for every lane with room, prepares their requests
     /// (sent after the commit), and works out when to look again.
     fn claim(&mut self) {
-        // Unordered lanes, with their cursors; ordered lanes apart.
+        // Unordered lanes and ordered lanes apart, each with its cursor.
         let (mut names, mut limits, mut cursors) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut ordered, mut ordered_limits) = (Vec::new(), Vec::new());
+        let (mut ordered, mut ordered_limits, mut ordered_cursors) = (Vec::new(), Vec::new(), Vec::new());
         let now = Instant::now();
         for (name, lane) in &mut self.lanes {
             lane.cursor = lane.cursor.filter(|(_, since)| since.elapsed() < CURSOR_LIFETIME);
@@ -633,19 +633,28 @@ impl Worker {
                 if waits_for_the_one_ahead(&self.pool, name, lane, now) {
                     continue;
                 }
-                room as i32
+                // "trigger": one at a time. A larger limit would not claim
+                // more (each later event waits for the one ahead) but would
+                // make the claim test every pending event for one.
+                if lane.def.ordering == Ordering::Trigger {
+                    1
+                } else {
+                    room as i32
+                }
             };
+            let cursor = if lane.health.down.is_some() { None } else { lane.cursor.map(|(c, _)| c) };
             if is_ordered {
                 ordered.push(name.clone());
                 ordered_limits.push(limit);
+                ordered_cursors.push(cursor);
             } else {
                 names.push(name.clone());
                 limits.push(limit);
-                cursors.push(if lane.health.down.is_some() { None } else { lane.cursor.map(|(c, _)| c) });
+                cursors.push(cursor);
             }
         }
         let mut claimed = event_log::claim(names.clone(), limits.clone(), cursors);
-        claimed.extend(event_log::claim_ordered(ordered.clone(), ordered_limits.clone()));
+        claimed.extend(event_log::claim_ordered(ordered.clone(), ordered_limits.clone(), ordered_cursors));
         names.extend(ordered);
         limits.extend(ordered_limits);
         let mut got: HashMap<String, usize> = HashMap::new();
@@ -667,8 +676,12 @@ impl Worker {
             }
             let full = got.get(name).copied().unwrap_or(0) >= *limit as usize;
             lane.maybe_more = full;
+            // "key" keeps no cursor: the events a claim skipped because an
+            // earlier one of their key was in flight lie behind it, and
+            // would wait for the cursor's end. "trigger" skips none (it
+            // claims the first pending event).
             lane.cursor = match (full, last.remove(name), lane.def.ordering) {
-                (true, Some(cursor), Ordering::None) => {
+                (true, Some(cursor), Ordering::None | Ordering::Trigger) => {
                     Some((cursor, lane.cursor.map_or_else(Instant::now, |(_, since)| since)))
                 }
                 _ => None,
