@@ -115,19 +115,19 @@ enum Answer {
 }
 
 impl SlowReceiver {
-    /// Answers every request `delay` after it arrived.
-    pub fn start(delay: std::time::Duration) -> SlowReceiver {
-        Self::serve(Answer::After(delay))
+    /// Answers every request `delay` after it arrived, on `port` (0: any).
+    pub fn start(port: u16, delay: std::time::Duration) -> SlowReceiver {
+        Self::serve(port, Answer::After(delay))
     }
 
     /// Answers the first `answered` requests at once (which opens the
     /// sender's window as a working webhook would), then none.
     pub fn hanging_after(answered: u64) -> SlowReceiver {
-        Self::serve(Answer::HangAfter(answered))
+        Self::serve(0, Answer::HangAfter(answered))
     }
 
-    fn serve(answer: Answer) -> SlowReceiver {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind the receiver");
+    fn serve(port: u16, answer: Answer) -> SlowReceiver {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (count, holding, peak) =
