@@ -16,13 +16,15 @@
 //! - [`body`]: the JSON body a webhook receives.
 //! - [`request`]: an attempt's URL, headers and logged form from a
 //!   definition and an event; scrubbing secrets from what comes back.
-//! - [`http`]: one HTTP attempt (ureq) and its outcome.
-//! - [`pool`]: the threads that make attempts concurrently, lane by lane.
+//! - [`http`]: one HTTP attempt (hyper, with a kept-alive pool of its own)
+//!   and its outcome.
+//! - [`pool`]: attempts in flight concurrently, lane by lane, on a small
+//!   tokio runtime; each lane's window.
 //! - [`destination`]: which addresses webhooks may be sent to.
 //! - [`tls`]: the certificates HTTPS webhooks are checked against, client
 //!   certificates.
-//! - [`resolve`]: host names for the HTTP client, without a thread per
-//!   request.
+//! - [`resolve`]: host names for the HTTP client, cached, with the
+//!   destination policy applied to every address.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
