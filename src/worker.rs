@@ -245,6 +245,9 @@ struct Worker {
     seen_wakes: u64,
     /// When `webhooks.retention` was last applied.
     last_cleanup: Option<Instant>,
+    /// Whether freed memory went back to the system since the worker last
+    /// had attempts in flight.
+    trimmed: bool,
     /// Attempts claimed in the current round, per trigger: they go to the
     /// pool once the round's transaction (which claimed them) has committed.
     to_send: Vec<(String, Vec<Attempt>)>,
@@ -278,6 +281,7 @@ impl Worker {
             ready: false,
             seen_wakes: 0,
             last_cleanup: None,
+            trimmed: true,
             to_send: Vec::new(),
         };
         worker.pool.halt_after(DOWN_AFTER as usize);
@@ -355,6 +359,7 @@ impl Worker {
             }
             self.shared.in_flight.store(self.in_flight.len() as i64, AtomicOrdering::Relaxed);
             self.apply_retention();
+            self.trim_when_idle();
             woken = if self.lanes.keys().any(|t| self.wants_more(t)) { true } else { self.wait(self.sleep_time()) };
         }
     }
@@ -442,6 +447,25 @@ impl Worker {
 
     /// Runs the cleanup of `webhooks.retention`, at most every
     /// RETENTION_EVERY, in a transaction of its own.
+    /// Once the worker has nothing in flight, gives the memory a busy spell
+    /// freed back to the system: glibc keeps freed blocks for reuse, and
+    /// the blocks the HTTP threads freed sit in their own arenas, where the
+    /// main thread's work cannot reuse them.
+    fn trim_when_idle(&mut self) {
+        if !self.in_flight.is_empty() || !self.outcomes.is_empty() {
+            self.trimmed = false;
+        } else if !self.trimmed {
+            self.trimmed = true;
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only returns free memory of glibc's
+            // arenas to the system; it is safe to call from any thread at
+            // any time.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+
     fn apply_retention(&mut self) {
         let Some(retention) = settings::retention() else { return };
         if !self.ready || self.last_cleanup.is_some_and(|t| t.elapsed() < RETENTION_EVERY) {

@@ -150,7 +150,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// hyper's read buffer: answers are small, and a larger one would cost
 /// this much again for every open connection. A longer answer is read in
 /// several reads.
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 1024;
 
 /// The TLS configuration shared with the client's owner, and its version
 /// (None: [`crate::tls::default_config`]).
