@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -130,6 +131,30 @@ pub struct Client {
     idle: Mutex<HashMap<Destination, Vec<(Instant, Sender)>>>,
     /// The TLS connector of the current configuration, and its version.
     connector: Mutex<Option<(u64, tokio_rustls::TlsConnector)>>,
+    /// Connections open (in use or idle), and how many may be: each is a
+    /// file descriptor, and idle ones to other destinations must not push
+    /// the worker past its open file limit.
+    open: Arc<AtomicUsize>,
+    max_open: AtomicUsize,
+    /// When idle connections of every destination were last looked over.
+    swept: Mutex<Instant>,
+}
+
+/// Counts one open connection for as long as it lives: from before its
+/// socket is made until its connection task ends, or until it fails.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> OpenConnection {
+        open.fetch_add(1, AtomicOrdering::Relaxed);
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AtomicOrdering::Relaxed);
+    }
 }
 
 type Sender = SendRequest<Full<Bytes>>;
@@ -146,6 +171,10 @@ struct Destination {
 
 /// A kept-alive connection unused this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often the idle connections of destinations no longer used are
+/// looked over, so that they close too.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// hyper's read buffer: answers are small, and a larger one would cost
 /// this much again for every open connection. A longer answer is read in
@@ -189,6 +218,39 @@ impl Client {
             tls,
             idle: Mutex::new(HashMap::new()),
             connector: Mutex::new(None),
+            open: Arc::new(AtomicUsize::new(0)),
+            max_open: AtomicUsize::new(usize::MAX),
+            swept: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Sets how many connections may be open at once, in use or idle: a
+    /// new connection beyond it first closes the longest idle one.
+    pub fn set_max_open(&self, n: usize) {
+        self.max_open.store(n.max(1), AtomicOrdering::Relaxed);
+    }
+
+    /// Connections open now, in use or idle.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Closes the connection that has been idle longest, of any destination.
+    fn close_longest_idle(&self) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let oldest = idle
+            .iter()
+            .flat_map(|(dest, list)| list.iter().enumerate().map(move |(i, (used, _))| (*used, dest, i)))
+            .min_by_key(|(used, _, _)| *used)
+            .map(|(_, dest, i)| (dest.clone(), i));
+        if let Some((dest, i)) = oldest {
+            let list = idle.get_mut(&dest).expect("found in it");
+            // Dropping the last sender ends the connection's task, which
+            // closes the socket.
+            drop(list.remove(i));
+            if list.is_empty() {
+                idle.remove(&dest);
+            }
         }
     }
 
@@ -355,16 +417,26 @@ impl Client {
     }
 
     /// Keeps a connection whose exchange completed for the next request,
-    /// and lets connections unused for [`IDLE_TIMEOUT`] go.
+    /// and lets connections unused for [`IDLE_TIMEOUT`] go (those of this
+    /// destination now, every destination's at most a few seconds later).
     fn check_in(&self, dest: Destination, sender: Sender) {
         if sender.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
             let now = Instant::now();
+            let usable = |(used, s): &(Instant, Sender)| now.duration_since(*used) < IDLE_TIMEOUT && !s.is_closed();
             let list = idle.entry(dest).or_default();
-            list.retain(|(used, s)| now.duration_since(*used) < IDLE_TIMEOUT && !s.is_closed());
+            list.retain(usable);
             list.push((now, sender));
+            let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+            if now.duration_since(*swept) >= SWEEP_EVERY {
+                *swept = now;
+                idle.retain(|_, list| {
+                    list.retain(usable);
+                    !list.is_empty()
+                });
+            }
         }
     }
 
@@ -372,6 +444,10 @@ impl Client {
     /// when the scheme asks for it, then HTTP/1.1, whose connection task
     /// runs on the runtime until either side closes it.
     async fn connect(&self, dest: &Destination) -> Result<Sender, Failure> {
+        if self.open.load(AtomicOrdering::Relaxed) >= self.max_open.load(AtomicOrdering::Relaxed) {
+            self.close_longest_idle();
+        }
+        let counted = OpenConnection::new(&self.open);
         let addrs = self.resolver.lookup(&dest.host).await.map_err(|e| match e {
             ResolveError::Refused(why) => (format!("not connected: {why}"), false),
             e @ ResolveError::NotFound(_) => (e.to_string(), true),
@@ -404,11 +480,17 @@ impl Client {
                 .await
                 .map_err(|e| (format!("TLS with {} failed: {}", dest.host, tls_reason(&e)), true))?;
             let (sender, conn) = builder.handshake(TokioIo::new(tls)).await.map_err(handshake_failed)?;
-            tokio::spawn(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(counted);
+            });
             Ok(sender)
         } else {
             let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await.map_err(handshake_failed)?;
-            tokio::spawn(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(counted);
+            });
             Ok(sender)
         }
     }

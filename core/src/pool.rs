@@ -277,6 +277,7 @@ impl Pool {
             outcomes: Vec::new(),
             closed: false,
         };
+        client.set_max_open(capacity);
         let shared =
             Arc::new(Shared { state: Mutex::new(state), dispatch: tokio::sync::Notify::new(), client, notify });
         let saved = block_all_signals();
@@ -298,6 +299,7 @@ impl Pool {
     /// Sets how many attempts may be in flight, all lanes. Lowering it lets
     /// those on the wire finish; no new one starts above it.
     pub fn set_capacity(&self, capacity: usize) {
+        self.shared.client.set_max_open(capacity);
         self.shared.update(|st| st.capacity = capacity.max(1));
     }
 
@@ -546,6 +548,23 @@ mod tests {
         );
         let answered = wait_outcomes(pool, n);
         assert!(answered.len() == n && answered.iter().all(|(_, s)| *s == Some(200)), "warm-up answered");
+    }
+
+    /// Idle connections to other webhooks count against the capacity too
+    /// (each is a file descriptor): the oldest idle one is closed first.
+    #[test]
+    fn idle_connections_make_room_for_new_ones_within_the_capacity() {
+        let pool = Pool::new(2, 2, Client::new(100), Arc::new(|| {}));
+        for (tag, lane) in ["a", "b", "c"].into_iter().enumerate() {
+            let (url, _) = recording_server();
+            pool.submit(lane, Attempt { tag: tag as u64, ..attempt(&url, 3000) });
+            assert_eq!(wait_outcomes(&pool, 1), vec![(tag as u64, Some(200))]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while pool.shared.client.open_connections() > 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(pool.shared.client.open_connections(), 2, "the first webhook's idle connection was closed");
     }
 
     #[test]
