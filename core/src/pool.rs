@@ -458,17 +458,17 @@ mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
 
-    /// A server that answers nobody until `n` requests have arrived (or
-    /// 10 s went by): only a pool that really has them all on the wire at
-    /// once gets 200s.
-    fn gathering_server(n: usize) -> String {
+    /// A server that answers 200 to every request on kept-alive
+    /// connections (a thread each, with a small stack), after running
+    /// `before_answer`.
+    fn keep_alive_server(before_answer: impl Fn() + Send + Sync + 'static) -> String {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/", l.local_addr().unwrap());
-        let arrived = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+        let before_answer = Arc::new(before_answer);
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let s = s.unwrap();
-                let arrived = arrived.clone();
+                let before_answer = before_answer.clone();
                 std::thread::Builder::new()
                     .stack_size(64 * 1024)
                     .spawn(move || {
@@ -482,11 +482,7 @@ mod tests {
                             if line == "\r\n" {
                                 let mut body = [0u8; 7];
                                 r.read_exact(&mut body).unwrap();
-                                let (count, cv) = &*arrived;
-                                let mut got = count.lock().unwrap();
-                                *got += 1;
-                                cv.notify_all();
-                                let _ = cv.wait_timeout_while(got, Duration::from_secs(10), |got| *got < n).unwrap();
+                                before_answer();
                                 let mut w: &TcpStream = &s;
                                 w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
                             }
@@ -496,6 +492,20 @@ mod tests {
             }
         });
         url
+    }
+
+    /// A server that answers nobody until `n` requests have arrived (or
+    /// 10 s went by): only a pool that really has them all on the wire at
+    /// once gets 200s.
+    fn gathering_server(n: usize) -> String {
+        let arrived = (Mutex::new(0usize), std::sync::Condvar::new());
+        keep_alive_server(move || {
+            let (count, cv) = &arrived;
+            let mut got = count.lock().unwrap();
+            *got += 1;
+            cv.notify_all();
+            let _ = cv.wait_timeout_while(got, Duration::from_secs(10), |got| *got < n).unwrap();
+        })
     }
 
     #[test]
@@ -603,34 +613,9 @@ mod tests {
     /// A server that answers 200 to every request on kept-alive
     /// connections, recording when each arrived.
     fn recording_server() -> (String, Arc<Mutex<Vec<Instant>>>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/", l.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let s = s.unwrap();
-                let seen = s2.clone();
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(s.try_clone().unwrap());
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            let mut body = [0u8; 7];
-                            r.read_exact(&mut body).unwrap();
-                            seen.lock().unwrap().push(Instant::now());
-                            let mut w: &TcpStream = &s;
-                            w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
-                        }
-                    }
-                });
-            }
-        });
-        (url, seen)
+        (keep_alive_server(move || s2.lock().unwrap().push(Instant::now())), seen)
     }
 
     #[test]
