@@ -445,8 +445,6 @@ impl Worker {
         rc & pg_sys::WL_TIMEOUT as i32 != 0
     }
 
-    /// Runs the cleanup of `webhooks.retention`, at most every
-    /// RETENTION_EVERY, in a transaction of its own.
     /// Once the worker has nothing in flight, gives the memory a busy spell
     /// freed back to the system: glibc keeps freed blocks for reuse, and
     /// the blocks the HTTP threads freed sit in their own arenas, where the
@@ -466,6 +464,8 @@ impl Worker {
         }
     }
 
+    /// Runs the cleanup of `webhooks.retention`, at most every
+    /// RETENTION_EVERY, in a transaction of its own.
     fn apply_retention(&mut self) {
         let Some(retention) = settings::retention() else { return };
         if !self.ready || self.last_cleanup.is_some_and(|t| t.elapsed() < RETENTION_EVERY) {
