@@ -468,9 +468,6 @@ impl Client {
             (format!("connection failed: {}", last.map_or_else(|| "no address".to_string(), |e| e.to_string())), true)
         })?;
         let _ = tcp.set_nodelay(true);
-        let mut builder = hyper::client::conn::http1::Builder::new();
-        builder.read_buf_exact_size(Some(READ_BUFFER));
-        let handshake_failed = |e: hyper::Error| (format!("connection failed: {}", chain(&e)), true);
         if dest.https {
             let name = rustls::pki_types::ServerName::try_from(dest.host.clone())
                 .map_err(|e| (format!("TLS with {} failed: {e}", dest.host), false))?;
@@ -479,21 +476,28 @@ impl Client {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| (format!("TLS with {} failed: {}", dest.host, tls_reason(&e)), true))?;
-            let (sender, conn) = builder.handshake(TokioIo::new(tls)).await.map_err(handshake_failed)?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-                drop(counted);
-            });
-            Ok(sender)
+            http1_over(tls, counted).await
         } else {
-            let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await.map_err(handshake_failed)?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-                drop(counted);
-            });
-            Ok(sender)
+            http1_over(tcp, counted).await
         }
     }
+}
+
+/// An HTTP/1.1 connection over `io`, whose task runs on the runtime (and
+/// keeps `counted`) until either side closes it.
+async fn http1_over<T>(io: T, counted: OpenConnection) -> Result<Sender, Failure>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::client::conn::http1::Builder::new();
+    builder.read_buf_exact_size(Some(READ_BUFFER));
+    let (sender, conn) =
+        builder.handshake(TokioIo::new(io)).await.map_err(|e| (format!("connection failed: {}", chain(&e)), true))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+        drop(counted);
+    });
+    Ok(sender)
 }
 
 /// The rustls error inside a failed TLS handshake, else the I/O error.
