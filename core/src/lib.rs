@@ -13,6 +13,7 @@
 //! - [`webhook_url`]: URLs as sent (WHATWG-normalized) and as logged
 //!   (passwords redacted).
 //! - [`ids`]: time-ordered (v7) uuids without a system call each.
+//! - [`kriti`]: Kriti templates (parsed once, evaluated per event).
 //! - [`body`]: the JSON body a webhook receives.
 //! - [`request`]: an attempt's URL, headers and logged form from a
 //!   definition and an event; scrubbing secrets from what comes back.
@@ -38,6 +39,7 @@ pub mod error;
 pub mod hasura_metadata;
 pub mod http;
 pub mod ids;
+pub mod kriti;
 pub mod pool;
 pub mod query;
 pub mod request;
