@@ -259,6 +259,7 @@ pub fn create(args: &Value) -> Value {
         // Conditions are stored as PostgreSQL prints them, as they read
         // after a rename.
         let with_conditions = create_op_triggers(&def, &table).to_json();
+        set_replication_firing(&def, &table);
         if with_conditions != stored {
             definitions::replace(&def.name, &with_conditions);
             stored = with_conditions;
@@ -471,6 +472,22 @@ fn check_one_expression(op: &str, condition: &str) {
             ApiError::new(SqlState::SyntaxError, format!("{key}: it must be one SQL expression, not {}", json!(condition)))
                 .with_hint("Give a boolean expression over OLD and NEW, as in CREATE TRIGGER ... WHEN (...), e.g. \"NEW.status <> OLD.status\"."),
         );
+    }
+}
+
+/// `trigger_on_replication`: the definition's triggers fire `ALWAYS` (also
+/// when `session_replication_role` is `replica`, as in a logical
+/// replication apply worker), or only on origin changes (the default).
+fn set_replication_firing(def: &Definition, table: &Table) {
+    let mode = if def.trigger_on_replication { "ALWAYS " } else { "" };
+    let mut names = vec![table_trigger_name(&def.name)];
+    for (op, _) in OPS {
+        if op_spec(def, op).is_some_and(|spec| spec.condition.is_some()) {
+            names.push(op_trigger_name(&def.name, op));
+        }
+    }
+    for name in names {
+        spi(Spi::run(&format!("ALTER TABLE {} ENABLE {mode}TRIGGER {}", table.qualified, quote_identifier(&name))));
     }
 }
 

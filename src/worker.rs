@@ -26,6 +26,7 @@ use webhooks_core::request;
 use webhooks_core::resolve::SharedPolicy;
 use webhooks_core::retry::{self, Verdict};
 use webhooks_core::tls;
+use webhooks_core::transform::{Input, ResponseTransform};
 
 use crate::shmem::{self, WorkerSlot};
 use crate::{catalog, definitions, event_log, health, settings};
@@ -190,6 +191,25 @@ impl Lane {
 
 /// How long to wait before probe `n` (1-based) of a down endpoint: the
 /// trigger's backoff, at least MIN_PROBE_WAIT.
+/// Applies a trigger's response transform to a 2xx answer: its output is
+/// stored as the response body; if it fails, the attempt counts as a 500
+/// (retried as any failure), with the reason as the body.
+fn transform_response(t: &ResponseTransform, o: &mut Outcome, f: &InFlight) {
+    let Some((payload, base_url)) = &f.original else { return };
+    if o.error.is_some() || !o.status().is_some_and(|s| (200..300).contains(&s)) {
+        return;
+    }
+    let Some(r) = o.response.as_mut() else { return };
+    let payload: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+    match t.apply(&r.body, &Input { payload: &payload, base_url }) {
+        Ok(body) => r.body = body,
+        Err(why) => {
+            r.status = 500;
+            r.body = format!("the response transform failed: {why}");
+        }
+    }
+}
+
 fn probe_wait(conf: &RetryConf, n: i32) -> Duration {
     retry::delay(conf, n, retry::random_unit()).max(MIN_PROBE_WAIT)
 }
@@ -208,6 +228,10 @@ struct InFlight {
     secrets: Vec<String>,
     /// Sent to probe a down endpoint.
     probe: bool,
+    /// The request transform failed: the event fails at once.
+    transform_failed: bool,
+    /// The payload and webhook URL a response transform reads.
+    original: Option<(String, String)>,
 }
 
 /// Outcomes are recorded when this many have piled up ...
@@ -769,9 +793,11 @@ impl Worker {
                 request_log: request.logged,
                 secrets: request.secrets,
                 probe: lane.health.down.is_some(),
+                transform_failed: request.transform_failed.is_some(),
+                original: request.original,
             },
         );
-        if let Some(error) = request.unsendable {
+        if let Some(error) = request.transform_failed.or(request.unsendable) {
             // Fails without a request; recorded with the next outcomes.
             self.oldest_outcome.get_or_insert_with(Instant::now);
             self.outcomes.push(Outcome {
@@ -784,7 +810,15 @@ impl Worker {
             });
             return;
         }
-        let attempt = Attempt { tag, url: request.url, headers: request.headers, body: request.body, timeout };
+        let attempt = Attempt {
+            tag,
+            method: request.method,
+            url: request.url,
+            headers: request.headers,
+            content_type: request.content_type,
+            body: request.body,
+            timeout,
+        };
         match self.to_send.iter_mut().find(|(t, _)| *t == event.trigger) {
             Some((_, list)) => list.push(attempt),
             None => self.to_send.push((event.trigger, vec![attempt])),
@@ -807,8 +841,11 @@ impl Worker {
     fn record(&mut self, outcomes: Vec<Outcome>) {
         let mut rows = Vec::with_capacity(outcomes.len());
         let mut gone: Vec<(String, String)> = Vec::new();
-        for o in outcomes {
+        for mut o in outcomes {
             let Some(f) = self.in_flight.remove(&o.tag) else { continue };
+            if let Some(t) = self.lanes.get(&f.trigger).and_then(|l| l.def.response_transform.as_ref()) {
+                transform_response(t, &mut o, &f);
+            }
             let retry_after = o
                 .response
                 .as_ref()
@@ -816,6 +853,10 @@ impl Worker {
                 .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
             let mut verdict =
                 retry::classify(o.completed_status(), retry_after, f.tries_before, &f.retry, retry::random_unit());
+            if f.transform_failed {
+                // As in Hasura: a request transform that fails is not retried.
+                verdict = Verdict::Failed;
+            }
             let happened = request::scrub_text(o.summary(), &f.secrets);
             if o.is_endpoint_failure() && verdict != Verdict::Gone {
                 if self.endpoint_failed(&f, &happened) {

@@ -9,9 +9,11 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::cleanup::{self, CleanupConfig};
 use crate::env_policy::EnvPolicy;
 use crate::env_template;
 use crate::error::{ApiError, ApiResult, SqlState};
+use crate::transform::{self, RequestTransform, ResponseTransform};
 
 /// At most this many headers per definition.
 pub const MAX_HEADERS: usize = 64;
@@ -35,8 +37,6 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// Keys of Hasura's event trigger API that pg_webhooks does not implement.
-const UNSUPPORTED_KEYS: &[&str] =
-    &["request_transform", "response_transform", "cleanup_config", "trigger_on_replication"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableRef {
@@ -154,6 +154,16 @@ pub struct Definition {
     pub throttle: Throttle,
     /// In what order its events are delivered.
     pub ordering: Ordering,
+    /// Hasura's `request_transform`: method, URL, query, headers and body
+    /// rewritten per event.
+    pub request_transform: Option<RequestTransform>,
+    /// Hasura's `response_transform`: what is stored of a 2xx answer.
+    pub response_transform: Option<ResponseTransform>,
+    /// Hasura's `cleanup_config`: the worker's scheduled cleanup of this
+    /// trigger's ended events.
+    pub cleanup: Option<CleanupConfig>,
+    /// Whether changes applied by logical replication are captured too.
+    pub trigger_on_replication: bool,
 }
 
 /// `"ordering"`: which events wait for which.
@@ -296,6 +306,16 @@ impl Definition {
             }
             m.insert("throttle".into(), Value::Object(t));
         }
+        if let Some(t) = &self.request_transform {
+            m.insert("request_transform".into(), t.to_json());
+        }
+        if let Some(t) = &self.response_transform {
+            m.insert("response_transform".into(), t.to_json());
+        }
+        if let Some(c) = &self.cleanup {
+            m.insert("cleanup_config".into(), c.to_json());
+        }
+        m.insert("trigger_on_replication".into(), json!(self.trigger_on_replication));
         Value::Object(m)
     }
 
@@ -351,13 +371,6 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
     })?;
 
     for key in obj.keys() {
-        if UNSUPPORTED_KEYS.contains(&key.as_str()) {
-            return Err(ApiError::new(
-                SqlState::FeatureNotSupported,
-                format!("key \"{key}\" of Hasura's event trigger API is not supported by pg_webhooks"),
-            )
-            .with_hint(format!("Remove \"{key}\" from the arguments.")));
-        }
         const KNOWN: &[&str] = &[
             "name",
             "table",
@@ -375,6 +388,10 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
             "signing_secret_from_env",
             "throttle",
             "ordering",
+            "request_transform",
+            "response_transform",
+            "cleanup_config",
+            "trigger_on_replication",
         ];
         if !KNOWN.contains(&key.as_str()) {
             return Err(unknown_key("", key, KNOWN));
@@ -437,6 +454,20 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
         }
     };
 
+    let request_transform = match obj.get("request_transform") {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(transform::parse_request(t)?),
+    };
+    let response_transform = match obj.get("response_transform") {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(transform::parse_response(t)?),
+    };
+    let cleanup = match obj.get("cleanup_config") {
+        None | Some(Value::Null) => None,
+        Some(c) => Some(cleanup::parse(c)?),
+    };
+    let trigger_on_replication = parse_bool("trigger_on_replication", obj.get("trigger_on_replication"), false)?;
+
     if insert.is_none() && update.is_none() && delete.is_none() && !enable_manual {
         return Err(ApiError::invalid(
             "the event trigger captures nothing: none of \"insert\", \"update\", \"delete\" is given and \"enable_manual\" is false",
@@ -458,6 +489,10 @@ fn parse_definition(v: &Value, ctx: &Context, check_env: bool) -> ApiResult<Crea
             signing,
             throttle,
             ordering,
+            request_transform,
+            response_transform,
+            cleanup,
+            trigger_on_replication,
         },
         replace,
     })
@@ -1009,7 +1044,8 @@ mod tests {
                 "headers": [],
                 "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60, "backoff": "fixed", "max_interval_sec": 3600},
                 "enable_manual": true,
-                "ordering": "none"
+                "ordering": "none",
+                "trigger_on_replication": false
             })
         );
     }
@@ -1067,12 +1103,20 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_hasura_keys_say_so() {
-        for key in UNSUPPORTED_KEYS {
-            let e = err(with(key, json!({})));
-            assert_eq!(e.state, SqlState::FeatureNotSupported);
-            assert!(e.message.contains(key) && e.message.contains("not supported"), "{}", e.message);
-        }
+    fn hasuras_transform_cleanup_and_replication_keys_are_taken() {
+        let d = parse(with("request_transform", json!({"version": 2, "method": "GET", "body": {"action": "remove"}})))
+            .unwrap();
+        let stored = d.definition.to_json();
+        assert_eq!(stored["request_transform"]["method"], json!("GET"));
+        assert_eq!(stored["trigger_on_replication"], json!(false));
+        assert_eq!(Definition::from_stored(&stored).unwrap(), d.definition);
+        let d = parse(with("cleanup_config", json!({"schedule": "0 0 * * *", "clear_older_than": 24}))).unwrap();
+        assert_eq!(d.definition.cleanup.unwrap().batch_size, 10_000);
+        assert!(parse(with("trigger_on_replication", json!(true))).unwrap().definition.trigger_on_replication);
+        let e = err(with("trigger_on_replication", json!("yes")));
+        assert!(e.message.contains("trigger_on_replication"), "{}", e.message);
+        let e = err(with("response_transform", json!({"body": "{{"})));
+        assert!(e.message.contains("response_transform.body"), "{}", e.message);
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! (`sources[].tables[].event_triggers[]`, metadata version 3; the older
 //! top-level `tables[]` too), for `webhooks.import_hasura_metadata`.
 //!
-//! Each trigger becomes `create_event_trigger` arguments. What pg_webhooks
-//! cannot do (request and response transforms, cleanup configs, sources
-//! other than the default one, other database kinds) is reported with the
-//! reason rather than silently dropped.
+//! Each trigger becomes `create_event_trigger` arguments, transforms,
+//! cleanup configuration and `trigger_on_replication` included. What has no
+//! meaning here (sources other than the default one, other database kinds,
+//! keys unknown to pg_webhooks) is reported with the reason rather than
+//! silently dropped.
 
 use serde_json::{json, Map, Value};
 
@@ -13,16 +14,15 @@ use crate::definition::describe;
 use crate::error::{ApiError, ApiResult};
 
 /// Keys of a Hasura event trigger that carry over unchanged.
-const CARRIED: &[&str] = &["webhook", "webhook_from_env", "headers", "retry_conf"];
-/// Keys pg_webhooks does not implement; the trigger is imported without them.
-const DROPPED: &[(&str, &str)] = &[
-    (
-        "request_transform",
-        "request transforms are not supported by pg_webhooks; the payload is sent as Hasura's default",
-    ),
-    ("response_transform", "response transforms are not supported by pg_webhooks"),
-    ("cleanup_config", "use webhooks.cleanup_event_logs() or the webhooks.retention setting instead"),
-    ("trigger_on_replication", "pg_webhooks triggers never fire for replicated rows"),
+const CARRIED: &[&str] = &[
+    "webhook",
+    "webhook_from_env",
+    "headers",
+    "retry_conf",
+    "request_transform",
+    "response_transform",
+    "cleanup_config",
+    "trigger_on_replication",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -138,17 +138,8 @@ fn trigger(v: &Value, table: &Value, at: &str, unsupported: &mut Vec<Value>) -> 
             }
         }
     }
-    for (key, reason) in DROPPED {
-        // trigger_on_replication: false is what pg_webhooks does anyway.
-        let harmless = *key == "trigger_on_replication" && o.get(*key) == Some(&json!(false));
-        if o.contains_key(*key) && !harmless {
-            unsupported.push(json!({"trigger": name, "key": key, "reason": reason}));
-        }
-    }
     for key in o.keys() {
-        let known = ["name", "definition"].contains(&key.as_str())
-            || CARRIED.contains(&key.as_str())
-            || DROPPED.iter().any(|(k, _)| k == key);
+        let known = ["name", "definition"].contains(&key.as_str()) || CARRIED.contains(&key.as_str());
         if !known {
             unsupported.push(json!({"trigger": name, "key": key, "reason": "unknown to pg_webhooks; ignored"}));
         }
@@ -179,7 +170,11 @@ mod tests {
                                  "retry_conf": {"num_retries": 3, "interval_sec": 15, "timeout_sec": 60},
                                  "webhook_from_env": "USER_HOOK",
                                  "headers": [{"name": "x-secret", "value_from_env": "HOOK_SECRET"}],
-                                 "request_transform": {"version": 2, "template_engine": "Kriti", "body": {"action": "transform"}}},
+                                 "request_transform": {"version": 2, "template_engine": "Kriti", "method": "PUT",
+                                                       "body": {"action": "transform", "template": "{\"id\": {{$body.event.data.new.id}}}"}},
+                                 "response_transform": {"version": 2, "body": {"action": "remove"}},
+                                 "trigger_on_replication": true,
+                                 "the_future": 1},
                                 {"name": "user_email_changed",
                                  "definition": {"enable_manual": true, "update": {"columns": ["email"]}},
                                  "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60},
@@ -209,17 +204,25 @@ mod tests {
                 "headers": [{"name": "x-secret", "value_from_env": "HOOK_SECRET"}],
                 "retry_conf": {"num_retries": 3, "interval_sec": 15, "timeout_sec": 60},
                 "enable_manual": false,
-                "insert": {"columns": "*"}
+                "insert": {"columns": "*"},
+                "request_transform": {"version": 2, "template_engine": "Kriti", "method": "PUT",
+                                      "body": {"action": "transform", "template": "{\"id\": {{$body.event.data.new.id}}}"}},
+                "response_transform": {"version": 2, "body": {"action": "remove"}},
+                "trigger_on_replication": true
             })
         );
+        assert_eq!(got.creates[1]["cleanup_config"], json!({"schedule": "0 0 * * *", "clear_older_than": 168}));
         assert_eq!(got.creates[1]["update"], json!({"columns": ["email"]}));
         let reasons: Vec<(String, String)> = got
             .unsupported
             .iter()
             .map(|u| (u["trigger"].as_str().unwrap_or("").to_string(), u["key"].as_str().unwrap_or("").to_string()))
             .collect();
-        assert!(reasons.contains(&("user_created".into(), "request_transform".into())), "{reasons:?}");
-        assert!(reasons.contains(&("user_email_changed".into(), "cleanup_config".into())), "{reasons:?}");
+        // Only what has no meaning here is left behind.
+        assert_eq!(
+            reasons,
+            vec![("user_created".to_string(), "the_future".to_string()), (String::new(), String::new())]
+        );
         assert!(got.unsupported.iter().any(|u| u["source"] == json!("analytics")), "{:?}", got.unsupported);
     }
 

@@ -34,9 +34,14 @@ pub const USER_AGENT: &str = concat!("pg_webhooks/", env!("CARGO_PKG_VERSION"));
 pub struct Attempt {
     /// The caller's handle, given back with the outcome.
     pub tag: u64,
+    /// The request method (POST but where a request transform changed it).
+    pub method: String,
     pub url: String,
-    /// Every header but Content-Type and User-Agent, which are always set.
+    /// Every header but User-Agent (always set) and Content-Type, set from
+    /// `content_type` unless one of `headers` gives it.
     pub headers: Vec<(String, String)>,
+    /// `None`: the request has no body.
+    pub content_type: Option<&'static str>,
     pub body: String,
     /// Bounds the whole attempt: connect, send, and reading the response.
     pub timeout: Duration,
@@ -351,10 +356,17 @@ impl Client {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
         };
-        let mut builder = http::Request::post(target)
+        let method = http::Method::from_bytes(a.method.as_bytes()).map_err(|e| unmade(&e))?;
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(target)
             .header(http::header::HOST, authority)
-            .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::USER_AGENT, USER_AGENT);
+        if let Some(ct) =
+            a.content_type.filter(|_| !a.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")))
+        {
+            builder = builder.header(http::header::CONTENT_TYPE, ct);
+        }
         for (name, value) in &a.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
@@ -646,8 +658,10 @@ pub(crate) mod test_server {
     pub fn attempt(url: &str, timeout_ms: u64) -> Attempt {
         Attempt {
             tag: 7,
+            method: "POST".into(),
             url: url.into(),
             headers: vec![("X-Custom".into(), "v".into())],
+            content_type: Some("application/json"),
             body: "{\"a\":1}".into(),
             timeout: Duration::from_millis(timeout_ms),
         }
@@ -675,6 +689,36 @@ mod tests {
         let r = o.response.unwrap();
         assert_eq!((r.status, r.body.as_str(), r.body_truncated), (201, "hello", false));
         assert_eq!(r.header("retry-after"), Some("5"));
+    }
+
+    #[test]
+    fn method_and_content_type_come_from_the_attempt() {
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let (url, h) = serve_once(OK);
+        let get = Attempt { method: "GET".into(), content_type: None, body: String::new(), ..attempt(&url, 5000) };
+        assert_eq!(send(&Client::new(1024), &get).status(), Some(200));
+        let seen = h.join().unwrap();
+        assert!(seen.starts_with("GET /hook HTTP/1.1\r\n"), "{seen}");
+        assert!(!seen.to_ascii_lowercase().contains("content-type"), "{seen}");
+        let (url, h) = serve_once(OK);
+        let form = Attempt {
+            content_type: Some("application/x-www-form-urlencoded"),
+            body: "a=1".into(),
+            ..attempt(&url, 5000)
+        };
+        send(&Client::new(1024), &form);
+        let seen = h.join().unwrap().to_ascii_lowercase();
+        assert!(
+            seen.contains("content-type: application/x-www-form-urlencoded\r\n") && seen.ends_with("\r\n\r\na=1"),
+            "{seen}"
+        );
+        // A Content-Type among the headers wins.
+        let (url, h) = serve_once(OK);
+        let own = Attempt { headers: vec![("Content-Type".into(), "text/plain".into())], ..attempt(&url, 5000) };
+        send(&Client::new(1024), &own);
+        let seen = h.join().unwrap().to_ascii_lowercase();
+        assert_eq!(seen.matches("content-type").count(), 1, "{seen}");
+        assert!(seen.contains("content-type: text/plain\r\n"), "{seen}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! - [`definition`]: `create_event_trigger` arguments, their rules, the
 //!   normalized definition.
+//! - [`cleanup`]: `cleanup_config`, scheduled cleanup of a trigger's events.
 //! - [`query`]: Hasura request bodies for `webhooks.query`.
 //! - [`env_template`]: `{{ENV_VAR}}` in webhook URLs.
 //! - [`env_policy`]: which environment variables a role may use.
@@ -24,6 +25,7 @@
 //! - [`destination`]: which addresses webhooks may be sent to.
 //! - [`tls`]: the certificates HTTPS webhooks are checked against, client
 //!   certificates.
+//! - [`transform`]: Hasura's request and response transforms.
 //! - [`resolve`]: host names for the HTTP client, cached, with the
 //!   destination policy applied to every address.
 
@@ -31,6 +33,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod body;
+pub mod cleanup;
 pub mod definition;
 pub mod destination;
 pub mod env_policy;
@@ -47,6 +50,7 @@ pub mod resolve;
 pub mod retry;
 pub mod signing;
 pub mod tls;
+pub mod transform;
 pub mod webhook_url;
 
 pub use error::{ApiError, ApiResult, SqlState};

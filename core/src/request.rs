@@ -15,12 +15,18 @@ use crate::env_policy::EnvPolicy;
 use crate::env_template::{self, EnvLookup};
 use crate::error::ApiError;
 use crate::signing;
+use crate::transform::{Body, Input};
 use crate::webhook_url;
 
 /// A request ready to send, or to fail without sending.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
+    /// POST, unless a request transform says otherwise.
+    pub method: String,
     pub url: String,
+    /// The Content-Type of the body (JSON, or a form); `None` when a
+    /// request transform removed the body.
+    pub content_type: Option<&'static str>,
     /// Every header but Content-Type and User-Agent (the client sets them),
     /// `webhook-id` and `webhook-timestamp` last.
     pub headers: Vec<(String, String)>,
@@ -34,6 +40,12 @@ pub struct Request {
     /// Why the request cannot be sent (a variable that is not set, or not
     /// allowed): the attempt fails with this, and nothing goes out.
     pub unsendable: Option<String>,
+    /// Why the request transform failed for this event: the event fails at
+    /// once, without retries (as in Hasura), and nothing goes out.
+    pub transform_failed: Option<String>,
+    /// For a definition with a response transform: the payload and the
+    /// webhook URL before any request transform (its `$request`).
+    pub original: Option<(String, String)>,
 }
 
 /// Builds the request for `body` under `def`, reading the environment
@@ -103,7 +115,35 @@ pub fn build(def: &Definition, body: &WebhookBody, env: EnvLookup, policy: &EnvP
         headers.push((n.to_string(), v));
     }
     let id = body.id;
-    let body = body.render();
+    let mut body = body.render();
+    let original = def.response_transform.as_ref().map(|_| (body.clone(), url.clone()));
+    let mut method = "POST".to_string();
+    let mut content_type = Some("application/json");
+    let mut url = url;
+    let mut url_logged = url_logged;
+    let mut transform_failed = None;
+    let mut logged_payload = None;
+    if let Some(t) = def.request_transform.as_ref().filter(|_| unsendable.is_none()) {
+        let payload: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        match t.apply(&Input { payload: &payload, base_url: &url }, &mut headers) {
+            Ok(done) => {
+                method = done.method;
+                url = done.url;
+                // The request as sent, but for secrets.
+                url_logged = webhook_url::redact_password(&scrub_text(url.clone(), &secrets));
+                logged =
+                    headers.iter().map(|(n, v)| json!({"name": n, "value": scrub_text(v.clone(), &secrets)})).collect();
+                content_type = done.body.as_ref().map(Body::content_type);
+                logged_payload = Some(match &done.body {
+                    Some(Body::Json(j)) => scrub_text(j.clone(), &secrets),
+                    Some(Body::Form(f)) => Value::String(scrub_text(f.clone(), &secrets)).to_string(),
+                    None => "null".to_string(),
+                });
+                body = done.body.map(|b| b.text().to_owned()).unwrap_or_default();
+            }
+            Err(why) => transform_failed = Some(format!("the request transform failed: {why}")),
+        }
+    }
     // Each attempt signs its own timestamp and exactly the body it sends.
     if let Some(signing) = &def.signing {
         let value = match signing {
@@ -121,9 +161,26 @@ pub fn build(def: &Definition, body: &WebhookBody, env: EnvLookup, policy: &EnvP
             Err(e) => unsendable = Some(e),
         }
     }
-    let logged =
-        format!("{{\"url\":{},\"headers\":{},\"payload\":{}}}", Value::String(url_logged), Value::Array(logged), body);
-    Request { url, headers, body, logged, secrets, unsendable }
+    // The payload as logged: the body as sent (JSON as it is, a form as a
+    // string, a removed body as null).
+    let payload_logged = logged_payload.as_deref().unwrap_or(&body);
+    let logged = if def.request_transform.is_some() {
+        format!(
+            "{{\"method\":{},\"url\":{},\"headers\":{},\"payload\":{}}}",
+            Value::String(method.clone()),
+            Value::String(url_logged),
+            Value::Array(logged),
+            payload_logged
+        )
+    } else {
+        format!(
+            "{{\"url\":{},\"headers\":{},\"payload\":{}}}",
+            Value::String(url_logged),
+            Value::Array(logged),
+            payload_logged
+        )
+    };
+    Request { method, url, content_type, headers, body, logged, secrets, unsendable, transform_failed, original }
 }
 
 /// Replaces every secret in `text` by a marker. Values shorter than 4 bytes

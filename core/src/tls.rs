@@ -156,7 +156,6 @@ mod https_tests {
     use crate::http::{set_tls, Attempt, Client, SharedTls};
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
-    use std::time::Duration;
 
     struct Ca {
         cert: rcgen::Certificate,
@@ -248,8 +247,7 @@ mod https_tests {
     }
 
     fn send(client: &Client, url: &str) -> Result<u16, String> {
-        let a =
-            Attempt { tag: 1, url: url.into(), headers: vec![], body: "{}".into(), timeout: Duration::from_secs(5) };
+        let a = Attempt { tag: 1, url: url.into(), body: "{}".into(), ..crate::http::test_server::attempt(url, 5000) };
         let o = crate::http::test_server::send(client, &a);
         match (o.error, o.response) {
             (None, Some(r)) => Ok(r.status),

@@ -69,7 +69,8 @@ fn create_returns_and_stores_the_normalized_definition() {
         "headers": [],
         "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60, "backoff": "fixed", "max_interval_sec": 3600},
         "ordering": "none",
-        "enable_manual": true
+        "enable_manual": true,
+        "trigger_on_replication": false
     });
     assert_eq!(got, want);
     let stored: Value = one(&mut c, "SELECT definition FROM webhooks.event_triggers WHERE name = 'users_all'");
