@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde_json::{json, Map, Value};
 
-use crate::definition::describe;
+use crate::definition::{describe, parse_bool};
 use crate::error::{ApiError, ApiResult};
 
 #[derive(Debug, Clone)]
@@ -61,17 +61,6 @@ pub fn positive(key: &str, v: Option<&Value>, default: u32, max: u32) -> ApiResu
     }
 }
 
-pub fn flag(key: &str, v: Option<&Value>, default: bool) -> ApiResult<bool> {
-    match v {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(ApiError::invalid(format!(
-            "invalid value for key \"{key}\": expected true or false, got {}",
-            describe(other)
-        ))),
-    }
-}
-
 pub fn parse(v: &Value) -> ApiResult<CleanupConfig> {
     let o: &Map<String, Value> = v.as_object().ok_or_else(|| {
         ApiError::invalid(format!("invalid value for key \"cleanup_config\": expected an object, got {}", describe(v)))
@@ -100,8 +89,12 @@ pub fn parse(v: &Value) -> ApiResult<CleanupConfig> {
         clear_older_than_hours,
         batch_size: positive("cleanup_config.batch_size", o.get("batch_size"), DEFAULT_BATCH_SIZE, 1_000_000)?,
         timeout_sec: positive("cleanup_config.timeout", o.get("timeout"), DEFAULT_TIMEOUT_SEC, 86_400)?,
-        clean_invocation_logs: flag("cleanup_config.clean_invocation_logs", o.get("clean_invocation_logs"), false)?,
-        paused: flag("cleanup_config.paused", o.get("paused"), false)?,
+        clean_invocation_logs: parse_bool(
+            "cleanup_config.clean_invocation_logs",
+            o.get("clean_invocation_logs"),
+            false,
+        )?,
+        paused: parse_bool("cleanup_config.paused", o.get("paused"), false)?,
     })
 }
 

@@ -844,7 +844,7 @@ fn parse_int(key: &str, v: Option<&Value>, default: i32, min: i32) -> ApiResult<
     }
 }
 
-fn parse_bool(key: &str, v: Option<&Value>, default: bool) -> ApiResult<bool> {
+pub fn parse_bool(key: &str, v: Option<&Value>, default: bool) -> ApiResult<bool> {
     match v {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),

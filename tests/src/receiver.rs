@@ -20,6 +20,7 @@
 //! | `/flaky/P/...` | 500 for the first attempt of P% of the events (by `webhook-id`), else 200 |
 //! | `/down-until/MS/...` | 503 until the Unix time MS (milliseconds), then 200 |
 //! | `/echo/...` | 400 whose body and `X-Echo` header repeat the request's headers |
+//! | `/json/...` | 200 with the JSON body `{"done": true, "n": N}`, N the requests on this path so far |
 //!
 //! Connections are kept alive, as a real webhook's would be.
 
@@ -277,6 +278,9 @@ fn answer(
     let num = |i: usize| seg.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
     match seg.first().copied().unwrap_or("") {
         "ok" => respond(out, 200, "", "ok"),
+        "json" => {
+            respond(out, 200, "Content-Type: application/json\r\n", &format!("{{\"done\": true, \"n\": {on_path}}}"))
+        }
         "status" => respond(out, num(1) as u16, "", "status"),
         "redirect" => respond(out, 302, "Location: /ok/redirected\r\n", ""),
         "retry-after-secs" => respond(out, 503, &format!("Retry-After: {}\r\n", num(1)), "later"),

@@ -103,7 +103,15 @@ fn every_key_is_accepted_and_kept() {
         "replace": false,
         "enable_manual": false,
         "ordering": "key",
-        "source": "default"
+        "source": "default",
+        "request_transform": {"version": 2, "template_engine": "Kriti", "method": "PUT", "url": "{{$base_url}}/x",
+                              "query_params": {"a": "{{$body.id}}"},
+                              "request_headers": {"add_headers": {"X-A": "a"}, "remove_headers": ["X-Plain"]},
+                              "body": {"action": "transform", "template": "{{$body.event}}"}},
+        "response_transform": {"version": 1, "template_engine": "Kriti", "body": "{{$body}}"},
+        "cleanup_config": {"schedule": "0 0 * * *", "clear_older_than": 24, "batch_size": 500, "timeout": 30,
+                           "clean_invocation_logs": true, "paused": false},
+        "trigger_on_replication": true
     });
     let got = create(&mut c, args.clone());
     let mut want = args;
@@ -200,11 +208,23 @@ fn bad_arguments_raise_22023_naming_the_key() {
 }
 
 #[test]
-fn unsupported_hasura_keys_say_so() {
-    let mut c = setup("unsupported_keys");
-    for key in ["request_transform", "response_transform", "cleanup_config"] {
-        assert_sql_error(&mut c, &create_sql(&with(key, json!({}))), "0A000", &[key, "not supported"]);
-    }
+fn bad_transforms_and_cleanup_configs_are_refused_whole() {
+    let mut c = setup("bad_transforms");
+    let bad_template = with("request_transform", json!({"body": "{\"id\": {{ $body.event.data.new.id }"}));
+    assert_sql_error(
+        &mut c,
+        &create_sql(&bad_template),
+        "22023",
+        &["invalid value for key \"request_transform.body\"", "Kriti syntax error", "line 1, column"],
+    );
+    let bad_response = with("response_transform", json!({"version": 2, "body": {"action": "transform"}}));
+    assert_sql_error(&mut c, &create_sql(&bad_response), "22023", &["response_transform.body.template"]);
+    let bad_cron = with("cleanup_config", json!({"schedule": "every day", "clear_older_than": 24}));
+    assert_sql_error(&mut c, &create_sql(&bad_cron), "22023", &["cleanup_config.schedule", "every day"]);
+    let bad_flag = with("trigger_on_replication", json!("yes"));
+    assert_sql_error(&mut c, &create_sql(&bad_flag), "22023", &["trigger_on_replication"]);
+    assert_eq!(count_definitions(&mut c), 0, "failed calls leave nothing behind");
+    assert_eq!(count_table_triggers(&mut c), 0, "failed calls leave no table trigger");
 }
 
 #[test]
@@ -477,7 +497,7 @@ fn hasura_export(second_table: &str) -> Value {
                          "retry_conf": {"num_retries": 3, "interval_sec": 15, "timeout_sec": 60},
                          "webhook_from_env": "PGWH_TEST_URL",
                          "headers": [{"name": "x-secret", "value_from_env": "PGWH_TEST_SECRET"}],
-                         "request_transform": {"version": 2, "template_engine": "Kriti", "body": {"action": "transform"}}},
+                         "request_transform": {"version": 2, "template_engine": "Kriti", "body": {"action": "transform", "template": "{{$body.event.data.new}}"}}},
                         {"name": "user_email_changed",
                          "definition": {"enable_manual": true, "update": {"columns": ["email"]}, "delete": {"columns": "*"}},
                          "retry_conf": {"num_retries": 0, "interval_sec": 10, "timeout_sec": 60},
@@ -501,16 +521,15 @@ fn import_hasura_metadata_creates_every_trigger_and_reports_the_rest() {
     let report: Value =
         c.query_one("SELECT webhooks.import_hasura_metadata($1)", &[&hasura_export("other")]).unwrap().get(0);
     assert_eq!(report["created"], json!(["user_created", "user_email_changed", "other_changed"]));
-    let unsupported = report["unsupported"].as_array().unwrap();
-    assert!(
-        unsupported.iter().any(|u| u["trigger"] == json!("user_created") && u["key"] == json!("request_transform")),
-        "{report}"
-    );
-    assert!(
-        unsupported.iter().any(|u| u["trigger"] == json!("user_email_changed") && u["key"] == json!("cleanup_config")),
-        "{report}"
-    );
+    // Transforms and cleanup configurations come over whole.
+    assert_eq!(report["unsupported"], json!([]), "{report}");
     let def: Value = one(&mut c, "SELECT definition FROM webhooks.event_triggers WHERE name = 'user_created'");
+    assert_eq!(def["request_transform"]["body"]["template"], json!("{{$body.event.data.new}}"));
+    let cleanup: Value = one(
+        &mut c,
+        "SELECT definition->'cleanup_config' FROM webhooks.event_triggers WHERE name = 'user_email_changed'",
+    );
+    assert_eq!(cleanup["clear_older_than"], json!(168));
     assert_eq!(def["webhook_from_env"], json!("PGWH_TEST_URL"));
     assert_eq!(
         def["retry_conf"],
