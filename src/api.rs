@@ -130,6 +130,37 @@ fn set_paused(name: &str, paused: bool) {
     }
 }
 
+/// Pauses or resumes the `cleanup_config` of `triggers` (every trigger with
+/// one that the caller may manage, when `None`); it is kept in the stored
+/// definition as `"paused"`.
+fn set_cleanups_paused(triggers: Option<Vec<String>>, paused: bool) {
+    let caller = catalog::current_user();
+    let owner = catalog::extension_owner();
+    catalog::as_owner(owner, || {
+        let named = triggers.is_some();
+        let names = triggers.unwrap_or_else(definitions::names_with_cleanup_config);
+        for name in names {
+            let Some(found) = definitions::find(&name, Lock::ForUpdate) else { raise(unknown_trigger(&name)) };
+            if !named && !catalog::may_manage(caller, found.owner, owner) {
+                continue;
+            }
+            check_may_manage(&found, caller, owner);
+            let mut stored = definitions::definition(&name).map(|d| d.0).unwrap_or_default();
+            if stored.get("cleanup_config").is_none_or(Value::is_null) {
+                raise(
+                    ApiError::new(
+                        SqlState::ObjectNotInPrerequisiteState,
+                        format!("event trigger {} has no cleanup_config to pause or resume", json!(name)),
+                    )
+                    .with_hint("Give it one with create_event_trigger and \"replace\": true, e.g. \"cleanup_config\": {\"schedule\": \"0 0 * * *\", \"clear_older_than\": 168}."),
+                );
+            }
+            stored["cleanup_config"]["paused"] = json!(paused);
+            definitions::replace(&name, &stored);
+        }
+    });
+}
+
 /// Runs a Hasura API body: `{"type": ..., "args": ...}`, v1 or v2 names, or
 /// `bulk` (all or nothing). Answers as Hasura does.
 #[pg_extern(schema = "webhooks")]
@@ -170,6 +201,28 @@ fn run(request: Request) -> Value {
         Request::Invoke { name, payload } => {
             let id = invoke(&name, &payload);
             json!({"event_id": id.to_string()})
+        }
+        Request::SetCleanupsPaused { triggers, paused } => {
+            set_cleanups_paused(triggers, paused);
+            query::success()
+        }
+        Request::CleanupLogs { name, hours, batch_size, timeout_sec, with_logs } => {
+            let caller = catalog::current_user();
+            let owner = catalog::extension_owner();
+            let removed = catalog::as_owner(owner, || {
+                managed_trigger(&name, caller, owner, Lock::None);
+                event_log::cleanup_trigger(&name, hours, batch_size, timeout_sec, with_logs)
+            });
+            match removed {
+                Ok(n) => json!({"message": "success", "deleted_event_logs": n}),
+                Err(e) => raise(
+                    ApiError::new(
+                        SqlState::ObjectInUse,
+                        format!("the cleanup of event trigger {} stopped: {e}", json!(name)),
+                    )
+                    .with_hint("Raise \"timeout\" or lower \"batch_size\" and run it again."),
+                ),
+            }
         }
         Request::Bulk(items) => Value::Array(
             items

@@ -157,6 +157,21 @@ pub fn insert(name: &str, stored: &Value, owner: pg_sys::Oid) -> bool {
     inserted.is_some()
 }
 
+/// The triggers whose definition has a `cleanup_config`.
+pub fn names_with_cleanup_config() -> Vec<String> {
+    Spi::connect(|c| {
+        let rows = spi(c
+            .select(
+                "SELECT t.name FROM webhooks.event_triggers t WHERE t.definition OPERATOR(pg_catalog.?) 'cleanup_config' ORDER BY t.name",
+                None,
+                &[],
+            )
+            .map(Some))
+        .expect("select returns a table");
+        rows.into_iter().filter_map(|r| spi(r.get::<String>(1))).collect()
+    })
+}
+
 /// Swaps trigger `name`'s definition.
 pub fn replace(name: &str, stored: &Value) {
     spi(Spi::run_with_args(

@@ -28,6 +28,7 @@
 //! the worker commits before any HTTP request goes out.
 
 use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
 
 use pgrx::prelude::*;
 use webhooks_core::retry::Verdict;
@@ -847,28 +848,79 @@ pub fn unlock(ids: Vec<pgrx::Uuid>) {
 }
 
 /// Applies `webhooks.retention`: deletes finished events older than
-/// `retention` (an interval) through `webhooks.cleanup_event_logs`. It runs
-/// in a subtransaction: a value that is not an interval, or any other
-/// error, comes back as `Err` with PostgreSQL's message and the worker goes
-/// on.
+/// `retention` (an interval) through `webhooks.cleanup_event_logs`. A value
+/// that is not an interval, or any other error, comes back as `Err` with
+/// PostgreSQL's message and the worker goes on.
 pub fn cleanup(retention: &str) -> Result<i64, String> {
-    let retention = retention.to_string();
+    in_subtransaction(|| {
+        Spi::get_one_with_args::<i64>(
+            "SELECT webhooks.cleanup_event_logs(NULL, $1::pg_catalog.interval)",
+            &[retention.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+    })
+}
+
+/// One cleanup of trigger `name` as its `cleanup_config` (or Hasura's
+/// `cleanup_event_trigger_logs`) asks: events that ended (delivered or
+/// dead) and were created more than `hours` ago, `batch` at a time, each
+/// batch within `timeout_sec` (a batch that times out is rolled back and
+/// ends the cleanup: what the batches before it deleted stays deleted);
+/// with `with_logs` their invocation logs too. The number deleted, or the
+/// error that stopped it with how many were deleted before.
+pub fn cleanup_trigger(name: &str, hours: u32, batch: u32, timeout_sec: u32, with_logs: bool) -> Result<i64, String> {
+    let sql = "WITH doomed AS (
+            SELECT e.id FROM webhooks.event_log e
+            WHERE e.trigger_name OPERATOR(pg_catalog.=) $1 AND (e.delivered OR e.error) AND e.locked IS NULL
+              AND e.created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(hours => $2))
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED),
+        logs AS (
+            DELETE FROM webhooks.event_invocation_logs l USING doomed
+            WHERE $4 AND l.event_id OPERATOR(pg_catalog.=) doomed.id)
+        DELETE FROM webhooks.event_log e USING doomed WHERE e.id OPERATOR(pg_catalog.=) doomed.id";
+    let mut removed = 0i64;
+    loop {
+        let n = in_subtransaction(|| {
+            // The batch's own timeout; the caller's comes back after it (an
+            // error rolls the setting back with the subtransaction).
+            let set = "SELECT pg_catalog.set_config('statement_timeout', $1, true)";
+            let before = spi(Spi::get_one::<String>("SELECT pg_catalog.current_setting('statement_timeout')"));
+            spi(Spi::run_with_args(set, &[format!("{timeout_sec}s").into()]));
+            let n = Spi::connect_mut(|c| {
+                let args = [name.into(), (hours as i32).into(), (batch as i64).into(), with_logs.into()];
+                spi(c.update(sql, None, &args).map(|t| t.len() as i64))
+            });
+            spi(Spi::run_with_args(set, &[before.unwrap_or_else(|| "0".into()).into()]));
+            n
+        })
+        .map_err(|e| format!("{e} (after {removed} events were removed)"))?;
+        removed += n;
+        if n < batch as i64 {
+            return Ok(removed);
+        }
+    }
+}
+
+/// Runs `f` in a subtransaction: an ERROR in it is rolled back and comes
+/// back as `Err` with PostgreSQL's message; the caller's transaction goes
+/// on. Settings `f` changes with `set_config(..., true)` end with it.
+fn in_subtransaction<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     // SAFETY: the subtransaction is begun and released or rolled back here, restoring the memory
     // context and resource owner as PostgreSQL's PL handlers do.
     unsafe {
         let context = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        PgTryBuilder::new(move || {
-            let n = Spi::get_one_with_args::<i64>(
-                "SELECT webhooks.cleanup_event_logs(NULL, $1::pg_catalog.interval)",
-                &[retention.as_str().into()],
-            );
+        PgTryBuilder::new(AssertUnwindSafe(move || {
+            let v = f();
             pg_sys::ReleaseCurrentSubTransaction();
             pg_sys::MemoryContextSwitchTo(context);
             pg_sys::CurrentResourceOwner = owner;
-            Ok(n.ok().flatten().unwrap_or(0))
-        })
+            Ok(v)
+        }))
         .catch_others(move |e| {
             pg_sys::MemoryContextSwitchTo(context);
             pg_sys::RollbackAndReleaseCurrentSubTransaction();

@@ -153,6 +153,9 @@ struct Lane {
     /// `"ordering": "trigger"`: the event ahead failed and waits for its
     /// retry until then; nothing is claimed before.
     held_until: Option<Instant>,
+    /// When its `cleanup_config` runs next (seconds since the epoch), if it
+    /// has one that is not paused.
+    cleanup_at: Option<i64>,
 }
 
 /// Endpoint failures ([`Outcome::is_endpoint_failure`]) in a row after which
@@ -180,7 +183,17 @@ struct Down {
 
 impl Lane {
     fn new(version: String, def: Definition, env_policy: EnvPolicy) -> Lane {
-        Lane { version, def, env_policy, maybe_more: true, cursor: None, health: Health::default(), held_until: None }
+        let cleanup_at = next_cleanup(&def);
+        Lane {
+            version,
+            def,
+            env_policy,
+            maybe_more: true,
+            cursor: None,
+            health: Health::default(),
+            held_until: None,
+            cleanup_at,
+        }
     }
 
     /// The endpoint is down and the next probe is due.
@@ -191,6 +204,15 @@ impl Lane {
 
 /// How long to wait before probe `n` (1-based) of a down endpoint: the
 /// trigger's backoff, at least MIN_PROBE_WAIT.
+fn epoch_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64
+}
+
+/// The next time `def`'s cleanup runs, from now.
+fn next_cleanup(def: &Definition) -> Option<i64> {
+    def.cleanup.as_ref().filter(|c| !c.paused).and_then(|c| c.next_after(epoch_secs()))
+}
+
 /// Applies a trigger's response transform to a 2xx answer: its output is
 /// stored as the response body; if it fails, the attempt counts as a 500
 /// (retried as any failure), with the reason as the body.
@@ -383,6 +405,7 @@ impl Worker {
             }
             self.shared.in_flight.store(self.in_flight.len() as i64, AtomicOrdering::Relaxed);
             self.apply_retention();
+            self.run_scheduled_cleanups();
             self.trim_when_idle();
             woken = if self.lanes.keys().any(|t| self.wants_more(t)) { true } else { self.wait(self.sleep_time()) };
         }
@@ -440,6 +463,9 @@ impl Worker {
         }
         if let (Some(_), Some(t)) = (settings::retention(), self.last_cleanup) {
             timeout = timeout.min(RETENTION_EVERY.saturating_sub(t.elapsed()));
+        }
+        if let Some(at) = self.lanes.values().filter_map(|l| l.cleanup_at).min() {
+            timeout = timeout.min(Duration::from_secs((at - epoch_secs()).max(0) as u64));
         }
         timeout
     }
@@ -507,6 +533,37 @@ impl Worker {
                 Err(e) => warning!("pg_webhooks: webhooks.retention = '{retention}' is not usable: {e}"),
             }
         }));
+    }
+
+    /// Runs the `cleanup_config`s that are due, each in a transaction of
+    /// its own, and schedules their next runs.
+    fn run_scheduled_cleanups(&mut self) {
+        let now = epoch_secs();
+        if !self.ready || !self.lanes.values().any(|l| l.cleanup_at.is_some_and(|at| at <= now)) {
+            return;
+        }
+        let mut due = Vec::new();
+        for (name, lane) in self.lanes.iter_mut().filter(|(_, l)| l.cleanup_at.is_some_and(|at| at <= now)) {
+            lane.cleanup_at = next_cleanup(&lane.def);
+            if let Some(c) = lane.def.cleanup.clone() {
+                due.push((name.clone(), c));
+            }
+        }
+        for (name, c) in due {
+            BackgroundWorker::transaction(AssertUnwindSafe(|| {
+                if !catalog::extension_installed() {
+                    return;
+                }
+                event_log::lock_for_round();
+                let hours = c.clear_older_than_hours;
+                match event_log::cleanup_trigger(&name, hours, c.batch_size, c.timeout_sec, c.clean_invocation_logs) {
+                    Ok(n) => log!(
+                        "pg_webhooks: the cleanup_config of event trigger \"{name}\" removed {n} ended events older than {hours} hours"
+                    ),
+                    Err(e) => warning!("pg_webhooks: the cleanup_config of event trigger \"{name}\" stopped: {e}"),
+                }
+            }));
+        }
     }
 
     /// Takes the outcomes that arrived.
@@ -621,6 +678,9 @@ impl Worker {
                     self.pool.set_limits(&name, t.max_concurrency.map(|n| n as usize), t.per_second);
                     match self.lanes.get_mut(&name) {
                         Some(lane) => {
+                            if lane.def.cleanup != def.cleanup {
+                                lane.cleanup_at = next_cleanup(&def);
+                            }
                             lane.version = version;
                             lane.def = def;
                         }

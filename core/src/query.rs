@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use crate::cleanup;
 use crate::definition::{self, describe, expect_str, required, unknown_key};
 use crate::error::{ApiError, ApiResult};
 
@@ -13,9 +14,30 @@ use crate::error::{ApiError, ApiResult};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     Create(Value),
-    Delete { name: String },
-    Redeliver { event_id: String },
-    Invoke { name: String, payload: Value },
+    Delete {
+        name: String,
+    },
+    Redeliver {
+        event_id: String,
+    },
+    Invoke {
+        name: String,
+        payload: Value,
+    },
+    /// `pause_event_trigger_cleanups` / `resume_event_trigger_cleanups`:
+    /// the named triggers, or every trigger with a `cleanup_config`.
+    SetCleanupsPaused {
+        triggers: Option<Vec<String>>,
+        paused: bool,
+    },
+    /// `cleanup_event_trigger_logs`: one cleanup, now.
+    CleanupLogs {
+        name: String,
+        hours: u32,
+        batch_size: u32,
+        timeout_sec: u32,
+        with_logs: bool,
+    },
     Bulk(Vec<Request>),
 }
 
@@ -28,6 +50,9 @@ const TYPES: &[&str] = &[
     "pg_delete_event_trigger",
     "pg_redeliver_event",
     "pg_invoke_event_trigger",
+    "pause_event_trigger_cleanups",
+    "resume_event_trigger_cleanups",
+    "cleanup_event_trigger_logs",
     "bulk",
 ];
 
@@ -85,6 +110,52 @@ pub fn parse(body: &Value) -> ApiResult<Request> {
             let payload = o.get("payload").cloned().ok_or_else(|| ApiError::invalid("key \"payload\" is required"))?;
             Ok(Request::Invoke { name, payload })
         }
+        "pause_event_trigger_cleanups" | "resume_event_trigger_cleanups" => {
+            let o = args_object(ty, args, &["event_triggers", "source"])?;
+            let triggers = match o.get("event_triggers") {
+                Some(Value::String(s)) if s == "all" => None,
+                Some(Value::Array(names)) => Some(
+                    names.iter().map(|n| definition::parse_name(Some(n))).collect::<ApiResult<Vec<_>>>()?,
+                ),
+                Some(other) => {
+                    return Err(ApiError::invalid(format!(
+                        "invalid value for key \"event_triggers\": expected a list of event trigger names or \"all\", got {}",
+                        describe(other)
+                    )))
+                }
+                None => {
+                    return Err(ApiError::invalid("key \"event_triggers\" is required")
+                        .with_hint("Give a list of event trigger names, or \"all\"."))
+                }
+            };
+            Ok(Request::SetCleanupsPaused { triggers, paused: base == "pause_event_trigger_cleanups" })
+        }
+        "cleanup_event_trigger_logs" => {
+            let o = args_object(
+                ty,
+                args,
+                &["event_trigger_name", "source", "clear_older_than", "timeout", "clean_invocation_logs", "batch_size"],
+            )?;
+            let name = definition::parse_name(o.get("event_trigger_name"))?;
+            let hours = match o.get("clear_older_than") {
+                None | Some(Value::Null) => {
+                    return Err(ApiError::invalid("key \"clear_older_than\" (hours) is required"))
+                }
+                v => cleanup::positive("clear_older_than", v, 0, 24 * 365 * 100)?,
+            };
+            Ok(Request::CleanupLogs {
+                name,
+                hours,
+                batch_size: cleanup::positive(
+                    "batch_size",
+                    o.get("batch_size"),
+                    cleanup::DEFAULT_BATCH_SIZE,
+                    1_000_000,
+                )?,
+                timeout_sec: cleanup::positive("timeout", o.get("timeout"), cleanup::DEFAULT_TIMEOUT_SEC, 86_400)?,
+                with_logs: definition::parse_bool("clean_invocation_logs", o.get("clean_invocation_logs"), false)?,
+            })
+        }
         _ => unreachable!("type list checked above"),
     }
 }
@@ -110,6 +181,34 @@ pub fn success() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hasuras_cleanup_bodies() {
+        assert_eq!(
+            parse(&json!({"type": "pause_event_trigger_cleanups", "args": {"event_triggers": ["a", "b"], "source": "default"}}))
+                .unwrap(),
+            Request::SetCleanupsPaused { triggers: Some(vec!["a".into(), "b".into()]), paused: true }
+        );
+        assert_eq!(
+            parse(&json!({"type": "resume_event_trigger_cleanups", "args": {"event_triggers": "all"}})).unwrap(),
+            Request::SetCleanupsPaused { triggers: None, paused: false }
+        );
+        assert_eq!(
+            parse(&json!({"type": "cleanup_event_trigger_logs",
+                          "args": {"event_trigger_name": "a", "clear_older_than": 24, "clean_invocation_logs": true}}))
+            .unwrap(),
+            Request::CleanupLogs { name: "a".into(), hours: 24, batch_size: 10_000, timeout_sec: 60, with_logs: true }
+        );
+        let e = parse(&json!({"type": "pause_event_trigger_cleanups", "args": {}})).unwrap_err();
+        assert!(e.message.contains("\"event_triggers\" is required"), "{}", e.message);
+        let e = parse(&json!({"type": "cleanup_event_trigger_logs", "args": {"event_trigger_name": "a"}})).unwrap_err();
+        assert!(e.message.contains("clear_older_than"), "{}", e.message);
+        let e = parse(
+            &json!({"type": "cleanup_event_trigger_logs", "args": {"event_trigger_name": "a", "clear_older_than": -1}}),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("from 1 to"), "{}", e.message);
+    }
 
     #[test]
     fn every_type_and_its_v2_name() {

@@ -282,3 +282,99 @@ fn trigger_on_replication_decides_capture_under_the_replica_role() {
         .collect();
     assert_eq!(modes, vec!["A", "O"]);
 }
+
+/// Delivers two events of a new trigger `name` and makes the first look
+/// two hours old; returns the ids (old, new).
+fn two_ended_events(c: &mut Client, r: &Receiver, name: &str, extra: Value) -> (String, String) {
+    watch(c, name, &r.url(&format!("/ok/{name}")), extra);
+    c.batch_execute(&format!("INSERT INTO {name} VALUES (1, 'a', 'b'); INSERT INTO {name} VALUES (2, 'c', 'd');"))
+        .unwrap();
+    assert_eq!(settled(c, name), vec![(true, false, 1), (true, false, 1)]);
+    let ids: Vec<String> = c
+        .query("SELECT id::text FROM webhooks.event_log WHERE trigger_name = $1 ORDER BY id", &[&name])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    c.execute(
+        "UPDATE webhooks.event_log SET created_at = created_at - interval '2 hours' WHERE id = $1::text::uuid",
+        &[&ids[0]],
+    )
+    .unwrap();
+    (ids[0].clone(), ids[1].clone())
+}
+
+fn events_and_logs(c: &mut Client, name: &str) -> (i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM webhooks.event_log WHERE trigger_name = $1),
+                    (SELECT count(*) FROM webhooks.event_invocation_logs WHERE trigger_name = $1)",
+            &[&name],
+        )
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+#[test]
+fn cleanup_config_runs_on_its_schedule() {
+    let (r, mut c) = setup();
+    let (old, _) = two_ended_events(
+        &mut c,
+        r,
+        "t_cleanup",
+        json!({"cleanup_config": {"schedule": "* * * * *", "clear_older_than": 1, "batch_size": 1}}),
+    );
+    // The worker runs it at the next minute; only the event older than an
+    // hour goes, its invocation log stays (clean_invocation_logs: false).
+    let left = eventually(Duration::from_secs(75), "the scheduled cleanup", || {
+        let n = events_and_logs(&mut c, "t_cleanup");
+        (n.0 == 1).then_some(n)
+    });
+    assert_eq!(left, (1, 2));
+    let gone: i64 =
+        c.query_one("SELECT count(*) FROM webhooks.event_log WHERE id = $1::text::uuid", &[&old]).unwrap().get(0);
+    assert_eq!(gone, 0);
+}
+
+#[test]
+fn cleanups_can_be_run_paused_and_resumed_through_hasuras_api() {
+    let (r, mut c) = setup();
+    two_ended_events(
+        &mut c,
+        r,
+        "t_cleanup_api",
+        json!({"cleanup_config": {"schedule": "0 0 1 1 *", "clear_older_than": 24}}),
+    );
+    let run = json!({"type": "cleanup_event_trigger_logs",
+                     "args": {"event_trigger_name": "t_cleanup_api", "clear_older_than": 1, "clean_invocation_logs": true}});
+    let answer: Value = c.query_one("SELECT webhooks.query($1)", &[&run]).unwrap().get(0);
+    assert_eq!(answer, json!({"message": "success", "deleted_event_logs": 1}));
+    assert_eq!(events_and_logs(&mut c, "t_cleanup_api"), (1, 1), "the old event and its log are gone");
+
+    let paused = |c: &mut Client| -> Value {
+        c.query_one(
+            "SELECT definition->'cleanup_config'->'paused' FROM webhooks.event_triggers WHERE name = 't_cleanup_api'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let pause = json!({"type": "pause_event_trigger_cleanups", "args": {"event_triggers": ["t_cleanup_api"], "source": "default"}});
+    c.query_one("SELECT webhooks.query($1)", &[&pause]).unwrap();
+    assert_eq!(paused(&mut c), json!(true));
+    let resume = json!({"type": "resume_event_trigger_cleanups", "args": {"event_triggers": "all"}});
+    c.query_one("SELECT webhooks.query($1)", &[&resume]).unwrap();
+    assert_eq!(paused(&mut c), json!(false));
+
+    // A trigger without a cleanup_config cannot have it paused.
+    watch(&mut c, "t_no_cleanup", &r.url("/ok/no_cleanup"), json!({}));
+    let e = c
+        .query_one(
+            "SELECT webhooks.query($1)",
+            &[&json!({"type": "pause_event_trigger_cleanups", "args": {"event_triggers": ["t_no_cleanup"]}})],
+        )
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "55000");
+    assert!(db.message().contains("has no cleanup_config"), "{}", db.message());
+}
