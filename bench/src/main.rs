@@ -5,7 +5,8 @@
 //!    single-row INSERTs, on the same table with no trigger, a pg_webhooks
 //!    event trigger, a Hasura-style PL/pgSQL trigger and PgQ's C trigger.
 //! 2. Delivery throughput: a 100,000-event backlog to a fast local receiver,
-//!    against the raw request rate `wrk` gets from the same receiver.
+//!    against the raw request rate `wrk` gets from the same receiver; the
+//!    same backlog through a request transform beside it.
 //! 3. Latency: 200 events/s, one committed row each, commit to receipt.
 //! 4. Backlog scale: 1,000,000 events: the rate, the worker's peak memory,
 //!    and the plan of the fetch.
@@ -448,6 +449,19 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> (String, Str
     // A body of the size the worker sends.
     let sample: String =
         c.query_one("SELECT request->>'payload' FROM webhooks.event_invocation_logs LIMIT 1", &[]).unwrap().get(0);
+    // The same backlog through a request transform (a JSON body template,
+    // an added header, a query parameter), side by side.
+    let plain = json!({"name": "bench", "table": "d", "webhook": r.url(), "insert": {"columns": "*"}, "replace": true});
+    let mut with_transform = plain.clone();
+    with_transform["request_transform"] = json!({"version": 2, "template_engine": "Kriti",
+        "query_params": {"user": "{{$body.event.data.new.username}}"},
+        "request_headers": {"add_headers": {"X-Table": "{{$body.table.name}}"}},
+        "body": {"action": "transform",
+                 "template": "{\"id\": {{$body.event.data.new.id}}, \"who\": {{$body.event.data.new.real_name}}, \"email\": {{$body.event.data.new.email}}, \"op\": {{$body.event.op}}}"}});
+    c.execute("SELECT webhooks.create_event_trigger($1)", &[&with_transform]).unwrap();
+    let transformed = drain(&mut c, r, s.backlog);
+    c.execute("SELECT webhooks.create_event_trigger($1)", &[&plain]).unwrap();
+    eprintln!("  with a request transform: {:.0}/s", transformed.rate);
     // The ceiling: wrk's better rate with 32 connections and with as many
     // as one trigger may have in flight.
     let per_trigger: String = c.query_one("SHOW webhooks.max_concurrent_per_trigger", &[]).unwrap().get(0);
@@ -506,6 +520,15 @@ fn delivery_runs(cluster: &Cluster, r: &FastReceiver, s: &Sizes) -> (String, Str
     writeln!(out, "| worker, {} events | {:.0} events/s ({:.1} s) |", small.events, small.rate, small.secs).unwrap();
     writeln!(out, "| wrk, raw, {raw_connections} connections | {raw:.0} requests/s |").unwrap();
     writeln!(out, "| ratio | **{:.2}** of the raw rate (target: at least 0.2) |", small.rate / raw).unwrap();
+    writeln!(
+        out,
+        "| worker, the same {} events through a request transform (Kriti JSON body, an added header, a query parameter) | {:.0} events/s ({:.1} s): **{:.2}** of the rate without |",
+        transformed.events,
+        transformed.rate,
+        transformed.secs,
+        transformed.rate / small.rate
+    )
+    .unwrap();
     writeln!(out, "| worker peak private memory (RssAnon) | {:.1} MB |", small.peak_mb).unwrap();
     writeln!(out, "| worker VmHWM (includes shared buffers it touched) | {:.1} MB |", small.hwm_mb).unwrap();
 

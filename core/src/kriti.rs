@@ -81,7 +81,7 @@ impl Template {
     /// Parses `source`; a syntax error names its position.
     pub fn parse(source: &str) -> Result<Template, Error> {
         let tokens = lex(source).map_err(|(at, message)| error_at(source, at, message))?;
-        let mut p = Parser { tokens, at: 0 };
+        let mut p = Parser { tokens, at: 0, depth: 0 };
         let root = p.expr().and_then(|e| match p.peek() {
             Tok::Eof => Ok(e),
             t => Err((p.pos(), format!("unexpected {} after the end of the template", t.describe()))),
@@ -392,7 +392,14 @@ type PResult<T> = Result<T, (usize, String)>;
 struct Parser {
     tokens: Vec<(Tok, usize)>,
     at: usize,
+    /// Expressions open around the one being parsed.
+    depth: usize,
 }
+
+/// How deeply expressions may nest. Parsing and evaluation recurse, and a
+/// template of 64 kB could otherwise nest deep enough to overflow the
+/// stack of the backend (or worker) that parses it.
+pub const MAX_DEPTH: usize = 64;
 
 const KEYWORDS: &[&str] = &["if", "elif", "else", "end", "range", "in", "not", "null"];
 
@@ -445,7 +452,21 @@ impl Parser {
     }
 
     fn expr(&mut self) -> PResult<Expr> {
-        self.binary(0)
+        self.deeper()?;
+        let e = self.binary(0);
+        self.depth -= 1;
+        e
+    }
+
+    /// One level more of nesting (an expression, an operator or a path
+    /// step around the rest), within [`MAX_DEPTH`]. An error ends the
+    /// parse, so only success restores the count.
+    fn deeper(&mut self) -> PResult<()> {
+        if self.depth >= MAX_DEPTH {
+            return Err((self.pos(), format!("the template nests more than {MAX_DEPTH} expressions deep")));
+        }
+        self.depth += 1;
+        Ok(())
     }
 
     /// Precedence levels, lowest first.
@@ -468,9 +489,15 @@ impl Parser {
             return self.unary();
         }
         let mut lhs = self.binary(level + 1)?;
+        let mut chained = 0;
         loop {
             let op = LEVELS[level].iter().find(|(s, _)| if *s == "in" { self.is_ident("in") } else { self.is_sym(s) });
-            let Some(&(_, op)) = op else { return Ok(lhs) };
+            let Some(&(_, op)) = op else {
+                self.depth -= chained;
+                return Ok(lhs);
+            };
+            self.deeper()?;
+            chained += 1;
             let at = self.pos();
             self.next();
             let rhs = self.binary(level + 1)?;
@@ -491,7 +518,12 @@ impl Parser {
     }
 
     fn postfix(&mut self, mut e: Expr) -> PResult<Expr> {
+        let mut nested = 0;
         loop {
+            if self.is_sym(".") || self.is_sym("[") || self.is_sym("?") {
+                self.deeper()?;
+                nested += 1;
+            }
             if self.is_sym(".") {
                 self.next();
                 let name = self.field_name()?;
@@ -516,6 +548,7 @@ impl Parser {
                 }
                 e = Expr { at: e.at, kind: Kind::Optional(Box::new(e), steps) };
             } else {
+                self.depth -= nested;
                 return Ok(e);
             }
         }

@@ -338,3 +338,19 @@ fn syntax_errors_name_what_was_expected_and_where() {
     assert!(syntax_error("@").message.contains("unexpected character '@'"));
     assert!(syntax_error("").message.contains("expected a value"));
 }
+
+#[test]
+fn nesting_is_bounded_instead_of_overflowing_the_stack() {
+    let deep = "[".repeat(60_000) + &"]".repeat(60_000);
+    assert!(syntax_error(&deep).message.contains("nests more than 64"));
+    let deep_not = "{{ ".to_string() + &"not ".repeat(60_000) + "true }}";
+    assert!(syntax_error(&deep_not).message.contains("nests more than 64"));
+    let deep_parens = "(".repeat(60_000) + "1" + &")".repeat(60_000);
+    assert!(syntax_error(&deep_parens).message.contains("nests more than 64"));
+    let long_path = "{{ $body".to_string() + &".a".repeat(60_000) + " }}";
+    assert!(syntax_error(&long_path).message.contains("nests more than 64"));
+    let long_chain = "{{ true".to_string() + &" == true".repeat(60_000) + " }}";
+    assert!(syntax_error(&long_chain).message.contains("nests more than 64"));
+    let fine = "[".repeat(60) + &"]".repeat(60);
+    assert!(Template::parse(&fine).is_ok());
+}
