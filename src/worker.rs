@@ -202,8 +202,6 @@ impl Lane {
     }
 }
 
-/// How long to wait before probe `n` (1-based) of a down endpoint: the
-/// trigger's backoff, at least MIN_PROBE_WAIT.
 fn epoch_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64
 }
@@ -232,6 +230,8 @@ fn transform_response(t: &ResponseTransform, o: &mut Outcome, f: &InFlight) {
     }
 }
 
+/// How long to wait before probe `n` (1-based) of a down endpoint: the
+/// trigger's backoff, at least MIN_PROBE_WAIT.
 fn probe_wait(conf: &RetryConf, n: i32) -> Duration {
     retry::delay(conf, n, retry::random_unit()).max(MIN_PROBE_WAIT)
 }

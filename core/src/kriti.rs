@@ -682,6 +682,16 @@ impl Parser {
         }
     }
 
+    /// `{{ end }}` after the body of `branch`, closing `block`.
+    fn expect_end(&mut self, branch: &str, block: &str) -> PResult<()> {
+        if *self.peek() != Tok::Open2 {
+            return Err(self.unexpected(&format!("'{{{{ end }}}}' after the body of '{branch}'")));
+        }
+        self.next();
+        self.expect_keyword("end", &format!("to close '{block}'"))?;
+        self.expect_close("after 'end'")
+    }
+
     /// After `{{ if`.
     fn if_rest(&mut self, at: usize) -> PResult<Expr> {
         let mut arms = Vec::new();
@@ -702,12 +712,7 @@ impl Parser {
                 self.next();
                 self.expect_close("after 'else'")?;
                 let otherwise = self.expr()?;
-                if *self.peek() != Tok::Open2 {
-                    return Err(self.unexpected("'{{ end }}' after the body of 'else'"));
-                }
-                self.next();
-                self.expect_keyword("end", "to close 'if'")?;
-                self.expect_close("after 'end'")?;
+                self.expect_end("else", "if")?;
                 return Ok(Expr { at, kind: Kind::If(arms, Box::new(otherwise)) });
             } else if self.is_ident("end") {
                 return Err((self.pos(), "'if' needs an '{{ else }}' branch before '{{ end }}'".into()));
@@ -733,12 +738,7 @@ impl Parser {
         let over = self.expr()?;
         self.expect_close("after the array of 'range'")?;
         let body = self.expr()?;
-        if *self.peek() != Tok::Open2 {
-            return Err(self.unexpected("'{{ end }}' after the body of 'range'"));
-        }
-        self.next();
-        self.expect_keyword("end", "to close 'range'")?;
-        self.expect_close("after 'end'")?;
+        self.expect_end("range", "range")?;
         Ok(Expr { at, kind: Kind::Range { index, item, over: Box::new(over), body: Box::new(body) } })
     }
 }

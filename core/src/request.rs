@@ -164,22 +164,17 @@ pub fn build(def: &Definition, body: &WebhookBody, env: EnvLookup, policy: &EnvP
     // The payload as logged: the body as sent (JSON as it is, a form as a
     // string, a removed body as null).
     let payload_logged = logged_payload.as_deref().unwrap_or(&body);
-    let logged = if def.request_transform.is_some() {
-        format!(
-            "{{\"method\":{},\"url\":{},\"headers\":{},\"payload\":{}}}",
-            Value::String(method.clone()),
-            Value::String(url_logged),
-            Value::Array(logged),
-            payload_logged
-        )
-    } else {
-        format!(
-            "{{\"url\":{},\"headers\":{},\"payload\":{}}}",
-            Value::String(url_logged),
-            Value::Array(logged),
-            payload_logged
-        )
+    // A transformed request's log says its method; others are POSTs.
+    let method_logged = match def.request_transform {
+        Some(_) => format!("\"method\":{},", Value::String(method.clone())),
+        None => String::new(),
     };
+    let logged = format!(
+        "{{{method_logged}\"url\":{},\"headers\":{},\"payload\":{}}}",
+        Value::String(url_logged),
+        Value::Array(logged),
+        payload_logged
+    );
     Request { method, url, content_type, headers, body, logged, secrets, unsendable, transform_failed, original }
 }
 
