@@ -736,12 +736,12 @@ pub fn seconds_until_next_due(names: Vec<String>, future_only: bool) -> Option<f
 
 /// The record (see [`record`]).
 const RECORD: &str = "WITH r AS (
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[],
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::pg_catalog.json[], $6::pg_catalog.json[],
                                              $7::float8[], $8::float8[], $9::text[], $10::float8[])
                  AS r(event_id, log_id, trigger_name, status, request, response, started, duration_ms, verdict, delay)),
          logs AS (
              INSERT INTO webhooks.event_invocation_logs (id, event_id, trigger_name, status, request, response, created_at, duration_ms)
-             SELECT log_id, event_id, trigger_name, status, request::pg_catalog.json, response::pg_catalog.json,
+             SELECT log_id, event_id, trigger_name, status, request, response,
                     pg_catalog.to_timestamp(started), duration_ms
              FROM r)
          UPDATE webhooks.event_log e
@@ -783,8 +783,11 @@ pub fn record(results: Vec<Recorded>) {
         log_ids.push(r.log_id);
         triggers.push(r.trigger);
         statuses.push(r.status);
-        requests.push(r.request);
-        responses.push(r.response);
+        // Sent as json, not text: the worker built both as JSON (serde's,
+        // or the payload PostgreSQL gave it), and json_in would parse
+        // every byte again on the worker's busiest path.
+        requests.push(pgrx::datum::JsonString(r.request));
+        responses.push(pgrx::datum::JsonString(r.response));
         started.push(r.started_epoch);
         durations.push(r.duration_ms);
         let (code, delay) = match r.verdict {
@@ -806,8 +809,8 @@ pub fn record(results: Vec<Recorded>) {
                 pg_sys::UUIDARRAYOID,
                 pg_sys::TEXTARRAYOID,
                 pg_sys::INT4ARRAYOID,
-                pg_sys::TEXTARRAYOID,
-                pg_sys::TEXTARRAYOID,
+                pg_sys::JSONARRAYOID,
+                pg_sys::JSONARRAYOID,
                 pg_sys::FLOAT8ARRAYOID,
                 pg_sys::FLOAT8ARRAYOID,
                 pg_sys::TEXTARRAYOID,

@@ -187,6 +187,21 @@ impl PoolState {
 }
 
 impl PoolState {
+    /// Every attempt that may start now (none once the pool is closed),
+    /// and the earliest time a lane's rate lets the next one start.
+    fn take_all(&mut self, now: Instant) -> (Vec<(usize, Attempt)>, Option<Instant>) {
+        let mut started = Vec::new();
+        if self.closed {
+            return (started, None);
+        }
+        loop {
+            match self.take(now) {
+                Ok(work) => started.push(work),
+                Err(paced) => return (started, paced),
+            }
+        }
+    }
+
     /// Takes back an attempt's slot and keeps its outcome; true when the
     /// caller should be told outcomes wait.
     fn finish(&mut self, lane: usize, outcome: Outcome) -> bool {
@@ -206,40 +221,54 @@ impl Shared {
     /// changes (or a paced lane's next start), until the pool closes.
     async fn dispatch(self: Arc<Shared>) {
         loop {
-            let mut started = Vec::new();
-            let paced = {
+            let (started, paced) = {
                 let Ok(mut st) = self.state.lock() else { return };
                 if st.closed {
                     return;
                 }
-                let now = Instant::now();
-                loop {
-                    match st.take(now) {
-                        Ok(work) => started.push(work),
-                        Err(paced) => break paced,
-                    }
-                }
+                st.take_all(Instant::now())
             };
             for (lane, attempt) in started {
-                let shared = self.clone();
-                tokio::spawn(async move {
-                    let outcome = shared.client.send(&attempt).await;
-                    drop(attempt);
-                    let wake = match shared.state.lock() {
-                        Ok(mut st) => st.finish(lane, outcome),
-                        Err(_) => return,
-                    };
-                    shared.dispatch.notify_one();
-                    if wake {
-                        (shared.notify)();
-                    }
-                });
+                tokio::spawn(self.clone().carry(lane, attempt));
             }
             match paced {
                 Some(at) => {
                     let _ = tokio::time::timeout_at(at.into(), self.dispatch.notified()).await;
                 }
                 None => self.dispatch.notified().await,
+            }
+        }
+    }
+
+    /// Sends `attempt`; then, as the dispatcher would, starts every
+    /// attempt that may start now (the freed slot, and one more when the
+    /// answer widened the lane's window), carrying the first on in this
+    /// task: the slot an outcome frees is taken again without waking the
+    /// dispatcher or spawning a task, each a thread wake-up on a busy
+    /// machine. When a start waits for a lane's rate, the dispatcher is
+    /// woken to keep that time.
+    // Send stated, not inferred: the future spawns itself.
+    fn carry(self: Arc<Shared>, mut lane: usize, mut attempt: Attempt) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            loop {
+                let outcome = self.client.send(&attempt).await;
+                drop(attempt);
+                let (wake, (started, paced)) = match self.state.lock() {
+                    Ok(mut st) => (st.finish(lane, outcome), st.take_all(Instant::now())),
+                    Err(_) => return,
+                };
+                if wake {
+                    (self.notify)();
+                }
+                if paced.is_some() {
+                    self.dispatch.notify_one();
+                }
+                let mut started = started.into_iter();
+                let Some(next) = started.next() else { return };
+                for (l, a) in started {
+                    tokio::spawn(self.clone().carry(l, a));
+                }
+                (lane, attempt) = next;
             }
         }
     }

@@ -135,7 +135,12 @@ pub fn build(def: &Definition, body: &WebhookBody, env: EnvLookup, policy: &EnvP
                     headers.iter().map(|(n, v)| json!({"name": n, "value": scrub_text(v.clone(), &secrets)})).collect();
                 content_type = done.body.as_ref().map(Body::content_type);
                 logged_payload = Some(match &done.body {
-                    Some(Body::Json(j)) => scrub_text(j.clone(), &secrets),
+                    // Scrubbed string by string: a secret replaced in
+                    // the text could leave it invalid JSON (a number).
+                    Some(Body::Json(j)) if !secrets.is_empty() => {
+                        scrub(serde_json::from_str(j).unwrap_or(Value::Null), &secrets).to_string()
+                    }
+                    Some(Body::Json(j)) => j.clone(),
                     Some(Body::Form(f)) => Value::String(scrub_text(f.clone(), &secrets)).to_string(),
                     None => "null".to_string(),
                 });
@@ -212,6 +217,7 @@ mod tests {
             "HOST" => Some("h.example".into()),
             "TOKEN" => Some("tok-secret".into()),
             "URL" => Some("https://u.example/in".into()),
+            "PIN" => Some("12345".into()),
             _ => None,
         }
     }
@@ -259,6 +265,23 @@ mod tests {
         assert_eq!(logged["headers"][1], json!({"name": "X-Token", "value": "<redacted: from env TOKEN>"}));
         assert_eq!(logged["payload"]["id"], json!("0190d6c0-0000-7000-8000-000000000001"));
         assert!(!r.logged.contains("tok-secret") && !r.logged.contains("h.example"));
+    }
+
+    #[test]
+    fn a_transformed_body_is_logged_as_valid_json_with_its_secrets_scrubbed() {
+        // The secret is also a number of the body: scrubbing the text would
+        // leave `"n": <redacted>`, which is not JSON (and the log is json).
+        let d = def(json!({"webhook": "https://h.example/x",
+                           "headers": [{"name": "X-Pin", "value_from_env": "PIN"}],
+                           "request_transform": {"version": 2, "template_engine": "Kriti",
+                                                 "body": {"action": "transform",
+                                                          "template": "{\"n\": 12345, \"s\": \"pin 12345\"}"}}}));
+        let r = build(&d, &body(), &env, &EnvPolicy::unrestricted(), 1_700_000_000);
+        assert_eq!(r.transform_failed, None);
+        assert_eq!(r.body, r#"{"n":12345,"s":"pin 12345"}"#, "sent as the template says");
+        let logged: Value = serde_json::from_str(&r.logged).expect("the logged request is JSON");
+        assert_eq!(logged["payload"], json!({"n": 12345, "s": "pin <redacted>"}));
+        assert_eq!(logged["headers"][0], json!({"name": "X-Pin", "value": "<redacted>"}));
     }
 
     #[test]
