@@ -247,7 +247,9 @@ impl Shared {
     /// dispatcher or spawning a task, each a thread wake-up on a busy
     /// machine. When a start waits for a lane's rate, the dispatcher is
     /// woken to keep that time.
-    // Send stated, not inferred: the future spawns itself.
+    // Not an `async fn`: the future spawns itself, so its Send must be
+    // stated (the compiler cannot infer it through the cycle).
+    #[allow(clippy::manual_async_fn)]
     fn carry(self: Arc<Shared>, mut lane: usize, mut attempt: Attempt) -> impl std::future::Future<Output = ()> + Send {
         async move {
             loop {
