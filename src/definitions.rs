@@ -11,6 +11,7 @@ use pgrx::JsonB;
 use serde_json::Value;
 
 use crate::errors::spi;
+use crate::plans;
 
 /// A definition's row as the management functions need it.
 pub struct Found {
@@ -58,9 +59,17 @@ fn owner_expr(alias: &str) -> String {
     if owner_column_exists() {
         format!("{alias}.owner::pg_catalog.oid")
     } else {
-        "(SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_webhooks')".into()
+        extension_owner!().into()
     }
 }
+
+/// The extension's owner, as SQL: the owner of every trigger before 0.3.0.
+macro_rules! extension_owner {
+    () => {
+        "(SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_webhooks')"
+    };
+}
+use extension_owner;
 
 /// Trigger `name`'s row, locked as asked.
 pub fn find(name: &str, lock: Lock) -> Option<Found> {
@@ -213,14 +222,25 @@ pub struct TriggerState {
 /// Every trigger that is not paused; definitions are not read (see
 /// [`definitions_of`]), so a large one costs nothing while unchanged.
 pub fn trigger_states() -> Vec<TriggerState> {
-    let sql = format!(
-        "SELECT t.name, t.xmin::pg_catalog.text,
-                COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) {}), false)
-         FROM webhooks.event_triggers t WHERE NOT t.paused",
-        owner_expr("t")
-    );
-    Spi::connect(|c| {
-        let rows = spi(c.select(&sql, None, &[]).map(Some)).expect("select returns a table");
+    // Prepared once (every round runs it); which one depends on whether
+    // the extension's tables are 0.3.0's yet.
+    macro_rules! states {
+        ($owner:expr) => {
+            concat!(
+                "SELECT t.name, t.xmin::pg_catalog.text,
+                        COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) ",
+                $owner,
+                "), false)
+                 FROM webhooks.event_triggers t WHERE NOT t.paused"
+            )
+        };
+    }
+    const WITH_OWNER: &str = states!("t.owner::pg_catalog.oid");
+    const EXTENSION_OWNER: &str = states!(extension_owner!());
+    let sql = if owner_column_exists() { WITH_OWNER } else { EXTENSION_OWNER };
+    Spi::connect_mut(|c| {
+        let states = plans::plan(c, sql, &[]);
+        let rows = spi(c.update(&*states, None, &[]).map(Some)).expect("select returns a table");
         rows.into_iter()
             .map(|r| TriggerState {
                 name: spi(r.get::<String>(1)).unwrap_or_default(),

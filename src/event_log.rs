@@ -34,6 +34,7 @@ use pgrx::prelude::*;
 use webhooks_core::retry::Verdict;
 
 use crate::errors::spi;
+use crate::plans;
 
 /// The condition for a pending event of `webhooks.event_log e`, written once
 /// for every statement here (the fetch index in `sql/tables.sql` and the
@@ -521,31 +522,6 @@ pub struct Recorded {
     pub verdict: Verdict,
 }
 
-thread_local! {
-    /// The worker's hot statements, parsed and planned once per process.
-    /// PostgreSQL's plan cache replans them when what they use changes
-    /// (DROP and CREATE EXTENSION included).
-    static PLANS: std::cell::RefCell<std::collections::HashMap<&'static str, std::rc::Rc<pgrx::spi::OwnedPreparedStatement>>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
-}
-
-/// The kept plan of `sql` (with parameters of `types`), prepared on first use.
-fn plan(
-    c: &pgrx::spi::SpiClient<'_>,
-    sql: &'static str,
-    types: &[pg_sys::Oid],
-) -> std::rc::Rc<pgrx::spi::OwnedPreparedStatement> {
-    if let Some(p) = PLANS.with(|p| p.borrow().get(sql).cloned()) {
-        return p;
-    }
-    let oids: Vec<pgrx::PgOid> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
-    let prepared =
-        c.prepare_mut(sql, &oids).unwrap_or_else(|e| error!("pg_webhooks: preparing a statement failed: {e}"));
-    let kept = std::rc::Rc::new(prepared.keep());
-    PLANS.with(|p| p.borrow_mut().insert(sql, kept.clone()));
-    kept
-}
-
 /// Takes the worker's locks for a round, in one fixed order: the
 /// definitions, then the event log and the invocation logs. A round reads
 /// the definitions and writes both event tables in an order that depends on
@@ -553,10 +529,12 @@ fn plan(
 /// same tables in the same order first) then waits for the round, or the
 /// round for it, instead of the two deadlocking.
 pub fn lock_for_round() {
-    spi(Spi::run(
-        "LOCK TABLE webhooks.event_triggers IN ACCESS SHARE MODE;
-         LOCK TABLE webhooks.event_log, webhooks.event_invocation_logs IN ROW EXCLUSIVE MODE",
-    ));
+    const LOCK: &str = "LOCK TABLE webhooks.event_triggers IN ACCESS SHARE MODE;
+         LOCK TABLE webhooks.event_log, webhooks.event_invocation_logs IN ROW EXCLUSIVE MODE";
+    Spi::connect_mut(|c| {
+        let lock = plans::plan(c, LOCK, &[]);
+        spi(c.update(&*lock, None, &[]).map(|_| ()));
+    });
 }
 
 /// Whether `webhooks.event_log` has 0.3.0's `ordering_key`.
@@ -651,7 +629,7 @@ pub fn claim_ordered(names: Vec<String>, limits: Vec<i32>, cursors: Vec<Option<C
     }
     let (after_due, after_id) = cursor_args(cursors);
     Spi::connect_mut(|c| {
-        let claim = plan(c, CLAIM_ORDERED, &CLAIM_ARGS);
+        let claim = plans::plan(c, CLAIM_ORDERED, &CLAIM_ARGS);
         let rows =
             spi(c.update(&*claim, None, &[names.into(), limits.into(), after_due.into(), after_id.into()]).map(Some))
                 .expect("update returns a table");
@@ -685,7 +663,7 @@ pub fn claim(names: Vec<String>, limits: Vec<i32>, cursors: Vec<Option<Cursor>>)
     }
     let (after_due, after_id) = cursor_args(cursors);
     Spi::connect_mut(|c| {
-        let claim = plan(c, CLAIM, &CLAIM_ARGS);
+        let claim = plans::plan(c, CLAIM, &CLAIM_ARGS);
         let rows =
             spi(c.update(&*claim, None, &[names.into(), limits.into(), after_due.into(), after_id.into()]).map(Some))
                 .expect("update returns a table");
@@ -723,15 +701,22 @@ pub fn seconds_until_next_due(names: Vec<String>, future_only: bool) -> Option<f
     if names.is_empty() {
         return None;
     }
-    spi(Spi::get_one_with_args::<f64>(
-        concat!("SELECT pg_catalog.date_part('epoch', pg_catalog.min(n.next_retry_at) - pg_catalog.clock_timestamp())::float8
+    const NEXT_DUE: &str = concat!(
+        "SELECT pg_catalog.date_part('epoch', pg_catalog.min(n.next_retry_at) - pg_catalog.clock_timestamp())::float8
          FROM pg_catalog.unnest($1::text[]) AS t(name) CROSS JOIN LATERAL (
              SELECT e.next_retry_at FROM webhooks.event_log e
-             WHERE e.trigger_name = t.name AND ", pending!(), " AND e.locked IS NULL
+             WHERE e.trigger_name = t.name AND ",
+        pending!(),
+        " AND e.locked IS NULL
                AND (NOT $2 OR e.next_retry_at > pg_catalog.clock_timestamp())
-             ORDER BY e.next_retry_at, e.id LIMIT 1) n"),
-        &[names.into(), future_only.into()],
-    ))
+             ORDER BY e.next_retry_at, e.id LIMIT 1) n"
+    );
+    Spi::connect_mut(|c| {
+        let next_due = plans::plan(c, NEXT_DUE, &[pg_sys::TEXTARRAYOID, pg_sys::BOOLOID]);
+        let rows = spi(c.update(&*next_due, Some(1), &[names.into(), future_only.into()]).map(Some))
+            .expect("select returns a table");
+        rows.first().get_one::<f64>().ok().flatten()
+    })
 }
 
 /// The record (see [`record`]).
@@ -801,7 +786,7 @@ pub fn record(results: Vec<Recorded>) {
         delays.push(delay);
     }
     Spi::connect_mut(|c| {
-        let record = plan(
+        let record = plans::plan(
             c,
             RECORD,
             &[

@@ -45,6 +45,7 @@ mod health;
 mod json_arg;
 mod launcher;
 mod payload;
+mod plans;
 mod settings;
 mod shmem;
 mod status;

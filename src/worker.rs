@@ -642,6 +642,8 @@ impl Worker {
             "SET enable_hashjoin = off",
             "SET enable_mergejoin = off",
             "SET jit = off",
+            // Its statements are planned once (see crate::plans).
+            "SET plan_cache_mode = force_generic_plan",
         ] {
             Spi::run(setting).expect("planner setting");
         }
