@@ -513,7 +513,9 @@ pub struct Recorded {
     pub log_id: pgrx::Uuid,
     pub trigger: String,
     pub status: Option<i32>,
-    /// The request as logged (secrets redacted), JSON text.
+    /// The request as logged (secrets redacted), JSON text. Both are
+    /// stored as json without PostgreSQL parsing them: they must be valid
+    /// JSON (serde serialized them, around a payload jsonb gave as text).
     pub request: String,
     /// The response (status, headers, body) or the error, JSON text.
     pub response: String,
