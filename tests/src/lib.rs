@@ -2,6 +2,7 @@
 //! ([`cluster`]) and helpers to assert on SQL errors.
 
 pub mod cluster;
+pub mod events;
 pub mod https;
 pub mod receiver;
 

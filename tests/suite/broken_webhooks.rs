@@ -5,7 +5,7 @@
 use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
-use pg_webhooks_tests::{eventually, one, private_memory_mb, with_shared_env, worker_pid, Receiver};
+use pg_webhooks_tests::{events, eventually, one, private_memory_mb, with_shared_env, worker_pid, Receiver};
 use postgres::Client;
 use serde_json::{json, Value};
 
@@ -59,17 +59,7 @@ fn run(cases: Vec<Case>) {
             .then_some(())
     });
     for case in &cases {
-        let (delivered, error, tries): (bool, bool, i32) = eventually(
-            WAIT,
-            &format!("{} to settle", case.name),
-            || {
-                let row = c
-                .query_one("SELECT delivered, error, tries, locked IS NULL FROM webhooks.event_log WHERE trigger_name = $1", &[&case.name])
-                .unwrap();
-                let (d, e, t, unlocked): (bool, bool, i32, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
-                ((d || e) && unlocked).then_some((d, e, t))
-            },
-        );
+        let (delivered, error, tries, _) = events::settled(&mut c, case.name, WAIT)[0];
         assert_eq!((delivered, error), (case.delivered, !case.delivered), "{}: final state", case.name);
         assert_eq!(tries as usize, case.attempts, "{}: attempts", case.name);
         let logs = c

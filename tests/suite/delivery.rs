@@ -5,6 +5,7 @@
 use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use pg_webhooks_tests::events::{self, invocations, states as state};
 use pg_webhooks_tests::{eventually, one, with_shared_env, Receiver};
 use postgres::Client;
 use serde_json::{json, Value};
@@ -34,34 +35,8 @@ fn watch(c: &mut Client, name: &str, webhook: &str, extra: Value) {
     c.execute("SELECT webhooks.create_event_trigger($1)", &[&args]).unwrap();
 }
 
-fn state(c: &mut Client, trigger: &str) -> Vec<(bool, bool, i32, bool)> {
-    c.query(
-        "SELECT delivered, error, tries, locked IS NULL FROM webhooks.event_log WHERE trigger_name = $1 ORDER BY id",
-        &[&trigger],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-    .collect()
-}
-
-/// Waits until every event of `trigger` is finished (delivered or error).
 fn settled(c: &mut Client, trigger: &str) -> Vec<(bool, bool, i32, bool)> {
-    eventually(WAIT, &format!("events of {trigger} to settle"), || {
-        let s = state(c, trigger);
-        (!s.is_empty() && s.iter().all(|e| (e.0 || e.1) && e.3)).then_some(s)
-    })
-}
-
-fn invocations(c: &mut Client, trigger: &str) -> Vec<(Option<i32>, Value, Value, f64)> {
-    c.query(
-        "SELECT status, request, response, duration_ms FROM webhooks.event_invocation_logs WHERE trigger_name = $1 ORDER BY created_at",
-        &[&trigger],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-    .collect()
+    events::settled(c, trigger, WAIT)
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
+use pg_webhooks_tests::events::{self, invocations};
 use pg_webhooks_tests::{eventually, with_shared_env, Receiver};
 use postgres::Client;
 use serde_json::{json, Value};
@@ -35,29 +36,7 @@ fn watch(c: &mut Client, name: &str, webhook: &str, extra: Value) {
 
 /// Waits until every event of `trigger` ended; (delivered, error, tries).
 fn settled(c: &mut Client, trigger: &str) -> Vec<(bool, bool, i32)> {
-    eventually(WAIT, &format!("events of {trigger} to settle"), || {
-        let s: Vec<(bool, bool, i32, bool)> = c
-            .query(
-                "SELECT delivered, error, tries, locked IS NULL FROM webhooks.event_log WHERE trigger_name = $1 ORDER BY id",
-                &[&trigger],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-            .collect();
-        (!s.is_empty() && s.iter().all(|e| (e.0 || e.1) && e.3)).then(|| s.iter().map(|e| (e.0, e.1, e.2)).collect())
-    })
-}
-
-fn invocations(c: &mut Client, trigger: &str) -> Vec<(Option<i32>, Value, Value)> {
-    c.query(
-        "SELECT status, request, response FROM webhooks.event_invocation_logs WHERE trigger_name = $1 ORDER BY created_at",
-        &[&trigger],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .collect()
+    events::settled(c, trigger, WAIT).into_iter().map(|(d, e, t, _)| (d, e, t)).collect()
 }
 
 #[test]
@@ -77,7 +56,7 @@ fn a_get_with_the_body_removed() {
     assert_eq!(got[0].body, "");
     assert_eq!(got[0].header("content-type"), None, "no body, no Content-Type");
     assert_eq!(settled(&mut c, "t_get"), vec![(true, false, 1)]);
-    let (status, request, _) = invocations(&mut c, "t_get").remove(0);
+    let (status, request, _, _) = invocations(&mut c, "t_get").remove(0);
     assert_eq!(status, Some(200));
     assert_eq!(request["method"], json!("GET"));
     assert_eq!(request["url"], json!(r.url("/ok/get?id=5")));
@@ -100,7 +79,7 @@ fn a_form_encoded_post() {
     assert_eq!(got[0].header("content-type"), Some("application/x-www-form-urlencoded"));
     assert_eq!(got[0].body, "text=New%20user%20Ann%20Lee&channel=%23signups");
     settled(&mut c, "t_form");
-    let (_, request, _) = invocations(&mut c, "t_form").remove(0);
+    let (_, request, _, _) = invocations(&mut c, "t_form").remove(0);
     assert_eq!(request["payload"], json!("text=New%20user%20Ann%20Lee&channel=%23signups"));
 }
 
@@ -138,7 +117,7 @@ fn a_json_body_with_query_params_and_headers_added_and_removed() {
     assert_eq!(g.json(), json!({"user": {"id": 9, "name": "Bo"}, "op": "INSERT", "table": "t_json"}));
     assert!(g.header("webhook-id").is_some(), "the Standard Webhooks headers stay");
     settled(&mut c, "t_json");
-    let (_, request, _) = invocations(&mut c, "t_json").remove(0);
+    let (_, request, _, _) = invocations(&mut c, "t_json").remove(0);
     assert_eq!(request["method"], json!("PUT"));
     assert_eq!(request["payload"], json!({"user": {"id": 9, "name": "Bo"}, "op": "INSERT", "table": "t_json"}));
     let headers = request["headers"].as_array().unwrap();
@@ -163,7 +142,7 @@ fn a_failing_request_transform_ends_the_event_at_once() {
     assert_eq!(settled(&mut c, "t_fail"), vec![(false, true, 1)], "error at once, no retries");
     let logs = invocations(&mut c, "t_fail");
     assert_eq!(logs.len(), 1);
-    let (status, _, response) = &logs[0];
+    let (status, _, response, _) = &logs[0];
     assert_eq!(*status, None);
     let why = response["error"].as_str().unwrap();
     assert!(why.contains("request transform failed") && why.contains("no_such_column"), "{why}");
@@ -184,7 +163,7 @@ fn a_response_transform_is_stored_and_its_failure_is_a_500() {
     );
     c.batch_execute("INSERT INTO t_resp VALUES (3, 'a', 'b')").unwrap();
     assert_eq!(settled(&mut c, "t_resp"), vec![(true, false, 1)]);
-    let (status, _, response) = invocations(&mut c, "t_resp").remove(0);
+    let (status, _, response, _) = invocations(&mut c, "t_resp").remove(0);
     assert_eq!(status, Some(200));
     assert_eq!(response["body"], json!(r#"{"ok":true,"for":3}"#));
 
@@ -199,7 +178,7 @@ fn a_response_transform_is_stored_and_its_failure_is_a_500() {
     assert_eq!(settled(&mut c, "t_resp_bad"), vec![(false, true, 2)], "retried as any failure, then dead");
     let logs = invocations(&mut c, "t_resp_bad");
     assert_eq!(logs.len(), 2);
-    for (status, _, response) in logs {
+    for (status, _, response, _) in logs {
         assert_eq!(status, Some(500));
         let body = response["body"].as_str().unwrap();
         assert!(body.contains("response transform failed") && body.contains("missing"), "{body}");
@@ -243,7 +222,7 @@ fn a_hasura_export_with_transforms_imports_and_delivers() {
     assert_eq!(g.header("x-old"), None);
     assert_eq!(g.json(), json!({"email": "c@x.io"}));
     assert_eq!(settled(&mut c, "t_import"), vec![(true, false, 1)]);
-    let (_, _, response) = invocations(&mut c, "t_import").remove(0);
+    let (_, _, response, _) = invocations(&mut c, "t_import").remove(0);
     assert_eq!(response["body"], json!(r#"{"n":1}"#));
 }
 
