@@ -4,8 +4,9 @@
 //! [`Attempt`]s to the pool and collects [`Outcome`]s. The pool runs a tokio
 //! runtime of [`RUNTIME_THREADS`] threads (created with every signal blocked,
 //! so that PostgreSQL's signal handlers always run on the main thread): a
-//! dispatcher task starts each attempt as its own task when its lane may
-//! send, so thousands can be in flight on kept-alive connections without a
+//! dispatcher task starts attempts as tasks when their lane may send, and
+//! a task whose attempt ended goes on with the next one that may start,
+//! so thousands can be in flight on kept-alive connections without a
 //! thread each.
 
 use std::collections::VecDeque;
@@ -42,7 +43,8 @@ pub struct Pool {
 
 struct Shared {
     state: Mutex<PoolState>,
-    /// Wakes the dispatcher: work was queued, a slot freed, limits changed.
+    /// Wakes the dispatcher: work was queued, limits changed, or a lane's
+    /// rate sets when its next attempt may start.
     dispatch: tokio::sync::Notify,
     client: Client,
     notify: Arc<dyn Fn() + Send + Sync>,
